@@ -1,0 +1,1 @@
+"""Pure domain code: ticks, timeframes, candles, indicators, strategies, backtests. No I/O."""

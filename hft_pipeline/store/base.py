@@ -1,0 +1,98 @@
+"""The store protocol: what ingest and Dagster need from SQLite or PostgreSQL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import pandas as pd
+
+from hft_pipeline.market.ticks import TickBatch
+
+
+class StoreUnavailableError(RuntimeError):
+    """The store cannot be reached right now (connection refused, reset, timed out); retry later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    symbol: str
+    exchange: str
+    created_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    """How far persistence has got: total rows, newest tick time, per-symbol newest tick time."""
+
+    rows: int
+    max_ts: int | None
+    per_symbol_max_ts: dict[str, int]
+
+
+class TickStore(Protocol):
+    """Everything that speaks SQL for ticks lives behind this protocol."""
+
+    url: str
+
+    def migrate(self) -> list[int]:
+        """Apply pending migrations from `sql/`; return the versions applied now (empty if none)."""
+
+    def write_ticks(self, batch: TickBatch, log_offset: int, stream: str = "ticklog") -> None:
+        """Insert `batch` and set the consumer offset of `stream` to `log_offset`, in one transaction."""
+
+    def log_offset(self, stream: str = "ticklog") -> int:
+        """The offset stored by the last `write_ticks` for `stream`, 0 if none."""
+
+    def read_ticks(
+        self,
+        symbol: str,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        limit: int | None = None,
+        descending: bool = False,
+    ) -> pd.DataFrame:
+        """Ticks of `symbol` with start_ns <= ts < end_ns ordered by (ts, seq).
+
+        Columns: ts (int64 ns), seq, price, volume, bid, ask (NaN when absent).
+        With `descending` the most recent come first and `limit` keeps the most recent.
+        """
+
+    def candles(
+        self,
+        symbol: str,
+        timeframe: str,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        limit: int | None = None,
+        descending: bool = False,
+    ) -> pd.DataFrame:
+        """Candles of `symbol` computed from stored ticks, buckets with start_ns <= ts < end_ns.
+
+        Columns: ts (bucket start, int64 ns), open, high, low, close, volume, ticks.
+        Semantics of DESIGN §2: open/close are the first/last tick by (ts, seq).
+        """
+
+    def last_seqs(self) -> dict[str, int]:
+        """Highest persisted seq per symbol."""
+
+    def watermark(self) -> Watermark:
+        """Rows, newest persisted tick time overall and per symbol."""
+
+    def symbols(self) -> list[str]:
+        """Every symbol with at least one stored tick, sorted."""
+
+    def add_subscription(self, symbol: str, exchange: str) -> bool:
+        """Persist a subscription; False if it already existed."""
+
+    def remove_subscription(self, symbol: str) -> bool:
+        """Delete a subscription; False if there was none."""
+
+    def subscriptions(self) -> list[Subscription]:
+        """All persisted subscriptions ordered by symbol."""
+
+    def ping(self) -> None:
+        """Raise StoreUnavailableError unless the store answers a trivial query."""
+
+    def close(self) -> None:
+        """Release connections."""
