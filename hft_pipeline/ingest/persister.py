@@ -1,0 +1,185 @@
+"""The persister: drains the tick log into the store, exactly once, retrying forever.
+
+Each store write carries the log offset it reached, in the same transaction as the ticks
+(DESIGN §3), so after any crash the log is replayed from exactly where the store stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from hft_pipeline.ingest.ticklog import TickLog
+from hft_pipeline.market.ticks import TickBatch, concat_batches
+from hft_pipeline.observability.metrics import IngestMetrics
+from hft_pipeline.store.base import StoreUnavailableError, TickStore
+
+log = logging.getLogger(__name__)
+
+RETENTION_INTERVAL_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class PersisterStatus:
+    running: bool
+    offset: int
+    persisted_ticks: int
+    batches: int
+    retries: int
+    store_up: bool
+    last_error: str | None
+
+
+class Persister:
+    """A thread that writes log records to the store in batches (size or timeout, whichever first)."""
+
+    def __init__(
+        self,
+        ticklog: TickLog,
+        store: TickStore,
+        metrics: IngestMetrics | None = None,
+        batch_size: int = 2000,
+        batch_timeout_s: float = 0.05,
+        retry_initial_s: float = 0.1,
+        retry_max_s: float = 5.0,
+        stream: str = "ticklog",
+    ) -> None:
+        self.log = ticklog
+        self.store = store
+        self.metrics = metrics or IngestMetrics()
+        self.batch_size = batch_size
+        self.batch_timeout_s = batch_timeout_s
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.stream = stream
+        self.offset = 0
+        self.persisted_ticks = 0
+        self.batches = 0
+        self.retries = 0
+        self.store_up = True
+        self.last_error: str | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._drain_deadline: float | None = None
+        self._thread: threading.Thread | None = None
+        self._last_retention = 0.0
+
+    def start(self, offset: int) -> None:
+        """Start draining from `offset` (the store's consumer offset)."""
+        self.offset = offset
+        self._thread = threading.Thread(target=self._run, name="persister", daemon=True)
+        self._thread.start()
+
+    def notify(self) -> None:
+        """Tell the persister new records were appended (it also polls on its own)."""
+        self._wake.set()
+
+    def stop(self, deadline_s: float = 10.0) -> bool:
+        """Drain what the log holds until `deadline_s`, then stop; True if everything was persisted."""
+        if self._thread is None:
+            return self.offset >= self.log.end_offset
+        self._drain_deadline = time.monotonic() + deadline_s
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(deadline_s + 1.0)
+        self._thread = None
+        return self.offset >= self.log.end_offset
+
+    def status(self) -> PersisterStatus:
+        return PersisterStatus(
+            running=self._thread is not None and self._thread.is_alive(),
+            offset=self.offset,
+            persisted_ticks=self.persisted_ticks,
+            batches=self.batches,
+            retries=self.retries,
+            store_up=self.store_up,
+            last_error=self.last_error,
+        )
+
+    def _run(self) -> None:
+        pending: list[TickBatch] = []
+        pending_ticks = 0
+        next_offset = self.offset
+        first_seen = 0.0
+        while True:
+            stopping = self._stop.is_set()
+            if stopping and self._drain_deadline is not None and time.monotonic() > self._drain_deadline:
+                return
+            batch, after = self.log.read(next_offset, self.batch_size - pending_ticks)
+            if len(batch):
+                if not pending:
+                    first_seen = time.monotonic()
+                pending.append(batch)
+                pending_ticks += len(batch)
+                next_offset = after
+            elif after != next_offset:  # records with no ticks still move the offset
+                next_offset = after
+            due = pending_ticks >= self.batch_size or (
+                pending and (stopping or time.monotonic() - first_seen >= self.batch_timeout_s)
+            )
+            if due or (not pending and next_offset != self.offset):
+                if not self._write(concat_batches(pending), next_offset):
+                    return  # stopped while the store was down: the log keeps the rest
+                pending, pending_ticks = [], 0
+                self._retain()
+                continue
+            if stopping and not pending and next_offset >= self.log.end_offset:
+                return
+            if not len(batch):
+                wait = self.batch_timeout_s if not pending else max(
+                    0.0, self.batch_timeout_s - (time.monotonic() - first_seen)
+                )
+                self._wake.wait(min(wait, 0.05) if not stopping else 0.0)
+                self._wake.clear()
+
+    def _write(self, batch: TickBatch, offset: int) -> bool:
+        delay = self.retry_initial_s
+        while True:
+            started = time.perf_counter()
+            try:
+                self.store.write_ticks(batch, offset, self.stream)
+            except StoreUnavailableError as exc:
+                self._failed(exc)
+            except Exception as exc:  # noqa: BLE001 - never drop: log, count, retry
+                log.exception("persister: store write failed")
+                self._failed(exc)
+            else:
+                elapsed = time.perf_counter() - started
+                self.metrics.persist_batch_seconds.observe(elapsed)
+                self.metrics.persist_batches.inc()
+                self.metrics.ticks_persisted.inc(len(batch))
+                self.persisted_ticks += len(batch)
+                self.batches += 1
+                self.offset = offset
+                if not self.store_up:
+                    log.warning("persister: store is back; %d ticks in this batch", len(batch))
+                self.store_up = True
+                self.last_error = None
+                return True
+            if self._stop.is_set() and (
+                self._drain_deadline is None or time.monotonic() > self._drain_deadline
+            ):
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, self.retry_max_s)
+
+    def _failed(self, exc: Exception) -> None:
+        if self.store_up:
+            log.warning("persister: store unavailable (%s); retrying with backoff", exc)
+        self.store_up = False
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self.retries += 1
+        self.metrics.persist_retries.inc()
+        self.metrics.errors.labels("persister").inc()
+
+    def _retain(self) -> None:
+        now = time.monotonic()
+        if now - self._last_retention >= RETENTION_INTERVAL_S:
+            self._last_retention = now
+            try:
+                self.log.retain(self.offset)
+            except OSError:
+                log.exception("persister: log retention failed")
+                self.metrics.errors.labels("retention").inc()
