@@ -124,8 +124,17 @@ def encode_record(batch: TickBatch) -> bytearray:
 
 def _check_header(buf: bytes | bytearray | memoryview, pos: int) -> int:
     """The payload length of the record header at `pos`, or -1 if it is not a valid header."""
-    magic, version, _flags, _reserved, length, _crc = _HEADER.unpack_from(buf, pos)
-    if magic != MAGIC or version != VERSION or length < _PAYLOAD_HEAD.size or length % 8:
+    magic, version, flags, reserved, length, _crc = _HEADER.unpack_from(buf, pos)
+    # Every header byte is checked (the CRC covers only the payload), so any flipped byte of a
+    # record is caught either here or by the CRC.
+    if (
+        magic != MAGIC
+        or version != VERSION
+        or flags
+        or reserved
+        or length < _PAYLOAD_HEAD.size
+        or length % 8
+    ):
         return -1
     return length
 
@@ -475,7 +484,9 @@ class TickLog:
                     try:
                         batch, size = decode_record(buf, at)
                     except CorruptLogError as exc:
-                        raise self._bad_offset(pos + at, offset) from exc
+                        raise CorruptLogError(
+                            f"the record at offset {pos + at} is damaged: {exc}"
+                        ) from exc
                     parts.append(batch)
                     ticks += len(batch)
                     at += size
@@ -502,7 +513,7 @@ class TickLog:
                 f"offset {offset} is not a record boundary of the log (no valid record starts "
                 "there); pass an offset returned by append() or read()"
             )
-        return CorruptLogError(f"the record at offset {pos} is damaged (bad framing or CRC)")
+        return CorruptLogError(f"the record at offset {pos} is damaged (bad framing)")
 
     def replay(self, offset: int = 0, max_ticks: int = 100_000) -> Iterator[tuple[TickBatch, int]]:
         """Batches of about `max_ticks` ticks with the offset after each, from `offset` to the end."""
