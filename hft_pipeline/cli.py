@@ -1,0 +1,107 @@
+"""The `hft` command: `hft ingest`, `hft import FILE`, `hft smoke [URL]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from hft_pipeline.settings import Settings, SettingsError
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    symbols = None
+    if getattr(args, "symbols", None):
+        symbols = tuple(s.strip() for s in args.symbols.split(",") if s.strip())
+    return Settings.from_env(
+        feed=getattr(args, "feed", None),
+        symbols=symbols,
+        seed=getattr(args, "seed", None),
+        rate=getattr(args, "rate", None),
+        store_url=getattr(args, "store", None),
+        api_host=getattr(args, "host", None),
+        api_port=getattr(args, "port", None),
+        home=Path(args.home) if getattr(args, "home", None) else None,
+        replay_file=getattr(args, "file", None),
+        replay_speed=getattr(args, "speed", None),
+    )
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from hft_pipeline.ingest.server import serve
+
+    settings = _settings(args)
+    if settings.feed == "replay" and not settings.replay_file:
+        raise SettingsError("--feed replay needs --file PATH (or HFT_REPLAY_FILE)")
+    return asyncio.run(serve(settings))
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from hft_pipeline.ingest.importer import import_file
+
+    settings = _settings(args)
+    result = import_file(Path(args.path), settings, progress=not args.no_progress)
+    print(result.summary())
+    return 0 if result.ok else 1
+
+
+def cmd_smoke(args: argparse.Namespace) -> int:
+    from hft_pipeline.ingest.smoke import run_smoke
+
+    report = run_smoke(args.url, collect_s=args.seconds)
+    return 0 if report.failed == 0 and report.checks else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hft", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--store", help="sqlite:///PATH or postgresql://... [HFT_STORE_URL]")
+        p.add_argument("--home", help="state directory: tick log, SQLite file [HFT_HOME, ./.hft]")
+
+    ingest = sub.add_parser("ingest", help="run the ingest service and its API")
+    ingest.add_argument("--feed", choices=("simulator", "replay"), help="[HFT_FEED, simulator]")
+    ingest.add_argument("--symbols", help="extra comma-separated symbols [HFT_SYMBOLS]")
+    ingest.add_argument("--seed", type=int, help="simulator seed [HFT_SEED, 42]")
+    ingest.add_argument("--rate", type=float, help="simulator ticks/s in total [HFT_RATE, 1000]")
+    ingest.add_argument("--file", help="file for --feed replay [HFT_REPLAY_FILE]")
+    ingest.add_argument("--speed", type=float, help="replay speed, 0 = max [HFT_REPLAY_SPEED]")
+    ingest.add_argument("--host", help="API host [HFT_API_HOST, 127.0.0.1]")
+    ingest.add_argument("--port", type=int, help="API port [HFT_API_PORT, 8002]")
+    common(ingest)
+    ingest.set_defaults(func=cmd_ingest)
+
+    imp = sub.add_parser(
+        "import", help="import a CSV/Parquet tick file through the log into the store"
+    )
+    imp.add_argument("path", help="file with columns symbol, ts, price, volume[, bid, ask][, seq]")
+    imp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    common(imp)
+    imp.set_defaults(func=cmd_import)
+
+    smoke = sub.add_parser("smoke", help="end-to-end check of a running ingest API")
+    smoke.add_argument("url", nargs="?", default="http://127.0.0.1:8002")
+    smoke.add_argument("--seconds", type=float, default=5.0, help="how long to collect ticks")
+    smoke.set_defaults(func=cmd_smoke)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except (SettingsError, OSError, RuntimeError, ValueError) as exc:
+        print(f"hft {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
