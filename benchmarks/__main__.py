@@ -1,0 +1,136 @@
+"""Run benchmarks, print one table, write JSON and refresh benchmarks/RESULTS.md.
+
+Each module in MODULES exposes `run(quick: bool) -> list[dict]` rows (see benchmarks/README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+
+HERE = Path(__file__).parent
+MODULES = (
+    "ingest_core",
+    "ingest_e2e",
+    "latency",
+    "buffers",
+    "api",
+    "candles",
+    "ticklog",
+    "store_copy",
+    "simulator",
+    "analytics",
+)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.3g}"
+    return str(value)
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown table of benchmark rows."""
+    head = [
+        "benchmark",
+        "metric",
+        "value",
+        "unit",
+        "baseline",
+        "baseline value",
+        "ratio",
+        "target",
+        "met",
+    ]
+    keys = [
+        "benchmark",
+        "metric",
+        "value",
+        "unit",
+        "baseline",
+        "baseline_value",
+        "ratio",
+        "target",
+        "met",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row.get(k)) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    import psutil
+
+    mem = psutil.virtual_memory().total / 1024**3
+    cpu = platform.processor() or platform.machine()
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, Python {platform.python_version()}, {platform.system()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("names", nargs="*", help=f"subset of: {', '.join(MODULES)}")
+    parser.add_argument("--quick", action="store_true", help="small sizes, < 1 minute each")
+    parser.add_argument(
+        "--json", default=str(HERE / "out" / "results.json"), help="JSON output path"
+    )
+    parser.add_argument("--no-results-md", action="store_true", help="do not rewrite RESULTS.md")
+    args = parser.parse_args(argv)
+    names = args.names or list(MODULES)
+    unknown = set(names) - set(MODULES)
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    rows: list[dict] = []
+    failures: list[str] = []
+    for name in names:
+        started = time.perf_counter()
+        print(f"== {name} ...", flush=True)
+        try:
+            module = importlib.import_module(f"benchmarks.{name}")
+            got = module.run(quick=args.quick)
+        except Exception:  # noqa: BLE001 - report and go on with the others
+            failures.append(name)
+            traceback.print_exc()
+            continue
+        rows.extend(got)
+        print(table(got), f"\n({time.perf_counter() - started:.1f}s)\n", flush=True)
+    print(table(rows))
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {"date": stamp, "machine": machine(), "quick": args.quick, "rows": rows}, indent=2
+        )
+    )
+    print(f"\nJSON written to {out}")
+    if not args.no_results_md and not args.quick and rows:
+        results = HERE / "RESULTS.md"
+        results.write_text(
+            f"# Benchmark results\n\nDate: {stamp}  \nMachine: {machine()}  \n"
+            f"Command: `make bench` (= `.venv/bin/python -m benchmarks {' '.join(args.names)}`)\n\n"
+            f"{table(rows)}\n"
+        )
+        print(f"{results} updated")
+    if failures:
+        print(f"benchmarks that failed to run: {', '.join(failures)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
