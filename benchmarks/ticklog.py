@@ -1,0 +1,207 @@
+"""Tick log throughput: append (fsync interval 50 ms and always) and read-back, against np.save.
+
+Baseline, measured in the same run on the same disk: each batch's seven columns and its symbol
+table written with `np.save` into a BytesIO, then that buffer written to one file (with an fsync
+after every batch for the `always` rows, one fsync at the end for the `interval` rows); read-back
+baseline is `np.load` of those arrays in sequence. The baseline has no framing, no CRC, no
+segments and no crash recovery, so it is an upper bound on what plain numpy file I/O costs.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hft_pipeline.ingest.ticklog import TickLog
+from hft_pipeline.market.ticks import TickBatch
+
+SYMBOLS = ("R_100", "R_50", "frxEURUSD", "frxGBPUSD", "PETR4", "VALE3", "BTC-USD", "ETH-USD")
+BASELINE = "np.save of the columns into BytesIO, then one file write per batch"
+
+
+def _batches(n: int, count: int, seed: int = 0) -> list[TickBatch]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        price = rng.uniform(50, 150, n)
+        out.append(
+            TickBatch(
+                symbols=SYMBOLS,
+                sym=rng.integers(0, len(SYMBOLS), n).astype(np.int32),
+                ts=np.sort(rng.integers(0, 10**12, n)).astype(np.int64) + 1_700_000_000 * 10**9,
+                seq=np.arange(i * n, (i + 1) * n, dtype=np.int64),
+                price=price,
+                volume=rng.uniform(0, 10, n),
+                bid=price - 0.01,
+                ask=price + 0.01,
+            )
+        )
+    return out
+
+
+def _ticklog_append(directory: Path, batches: list[TickBatch], appends: int, fsync: str):
+    log = TickLog(directory, fsync=fsync, fsync_interval_ms=50)
+    try:
+        start = time.perf_counter()
+        for i in range(appends):
+            log.append(batches[i % len(batches)])
+        log.flush()  # count the last group commit too: everything is durable at the end
+        elapsed = time.perf_counter() - start
+        return elapsed, log.end_offset - log.start_offset
+    finally:
+        log.close()
+
+
+def _ticklog_read(directory: Path) -> tuple[float, int]:
+    log = TickLog(directory, fsync="off")
+    try:
+        start = time.perf_counter()
+        ticks = 0
+        for batch, _ in log.replay(log.start_offset, max_ticks=100_000):
+            ticks += len(batch)
+        return time.perf_counter() - start, ticks
+    finally:
+        log.close()
+
+
+def _npsave_append(path: Path, batches: list[TickBatch], appends: int, fsync_each: bool):
+    start = time.perf_counter()
+    with open(path, "wb", buffering=0) as f:
+        for i in range(appends):
+            b = batches[i % len(batches)]
+            buf = io.BytesIO()
+            np.save(buf, np.asarray(b.symbols))
+            for col in (b.sym, b.ts, b.seq, b.price, b.volume, b.bid, b.ask):
+                np.save(buf, col)
+            f.write(buf.getbuffer())
+            if fsync_each:
+                os.fsync(f.fileno())
+        os.fsync(f.fileno())
+    elapsed = time.perf_counter() - start
+    return elapsed, path.stat().st_size
+
+
+def _npsave_read(path: Path, appends: int) -> tuple[float, int]:
+    start = time.perf_counter()
+    ticks = 0
+    with open(path, "rb") as f:
+        for _ in range(appends):
+            np.load(f)  # symbol table
+            cols = [np.load(f) for _ in range(7)]
+            ticks += len(cols[0])
+    return time.perf_counter() - start, ticks
+
+
+def _row(benchmark, metric, value, unit, baseline_value, target, met) -> dict:
+    return {
+        "benchmark": benchmark,
+        "metric": metric,
+        "value": float(value),
+        "unit": unit,
+        "baseline": BASELINE if baseline_value is not None else None,
+        "baseline_value": None if baseline_value is None else float(baseline_value),
+        "ratio": None if not baseline_value else float(value) / float(baseline_value),
+        "target": target,
+        "met": met,
+    }
+
+
+def run(quick: bool = False) -> list[dict]:
+    """Measure tick log append and read throughput next to the np.save baseline."""
+    rows: list[dict] = []
+    # (batch size, fsync, appends): sized so quick mode finishes in well under a minute on a
+    # 2-core VM, with `always` bounded by fsync latency.
+    plan = [
+        (1_000, "interval", 1_500 if quick else 10_000),
+        (10_000, "interval", 150 if quick else 1_000),
+        (1_000, "always", 300 if quick else 3_000),
+        (10_000, "always", 60 if quick else 500),
+    ]
+    targets = {"interval": 1_000_000, "always": 100_000}
+    for n, fsync, appends in plan:
+        batches = _batches(n, 8)
+        with tempfile.TemporaryDirectory(prefix="ticklog-bench-") as tmp:
+            tmp_path = Path(tmp)
+            t_log, nbytes = _ticklog_append(tmp_path / "log", batches, appends, fsync)
+            t_base, base_bytes = _npsave_append(
+                tmp_path / "base.npy", batches, appends, fsync_each=fsync == "always"
+            )
+            ticks = n * appends
+            name = f"ticklog_append_{n}_{fsync}"
+            rate = ticks / t_log
+            target = targets[fsync]
+            rows.append(
+                _row(
+                    name,
+                    "throughput",
+                    rate,
+                    "ticks/s",
+                    ticks / t_base,
+                    f">= {target} ticks/s",
+                    rate >= target,
+                )
+            )
+            rows.append(
+                _row(
+                    name,
+                    "bandwidth",
+                    nbytes / t_log / 1e6,
+                    "MB/s",
+                    base_bytes / t_base / 1e6,
+                    None,
+                    None,
+                )
+            )
+            if fsync == "interval":
+                t_read, got = _ticklog_read(tmp_path / "log")
+                t_bread, bgot = _npsave_read(tmp_path / "base.npy", appends)
+                assert got == bgot == ticks, (got, bgot, ticks)
+                read_name = f"ticklog_read_{n}"
+                read_rate = ticks / t_read
+                rows.append(
+                    _row(
+                        read_name,
+                        "throughput",
+                        read_rate,
+                        "ticks/s",
+                        ticks / t_bread,
+                        ">= 5000000 ticks/s",
+                        read_rate >= 5_000_000,
+                    )
+                )
+                rows.append(
+                    _row(
+                        read_name,
+                        "bandwidth",
+                        nbytes / t_read / 1e6,
+                        "MB/s",
+                        base_bytes / t_bread / 1e6,
+                        None,
+                        None,
+                    )
+                )
+    return rows
+
+
+def _print_table(rows: list[dict]) -> None:
+    header = f"{'benchmark':<30} {'metric':<11} {'value':>14} {'unit':<8} {'baseline':>14} {'ratio':>7} {'target':<20} met"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        base = "" if r["baseline_value"] is None else f"{r['baseline_value']:14,.1f}"
+        ratio = "" if r["ratio"] is None else f"{r['ratio']:7.2f}"
+        print(
+            f"{r['benchmark']:<30} {r['metric']:<11} {r['value']:14,.1f} {r['unit']:<8} "
+            f"{base:>14} {ratio:>7} {r['target'] or '':<20} {'' if r['met'] is None else r['met']}"
+        )
+    print(f"\nbaseline: {BASELINE}")
+
+
+if __name__ == "__main__":
+    _print_table(run(quick="--quick" in sys.argv[1:]))
