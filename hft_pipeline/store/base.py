@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import pandas as pd
 
 from hft_pipeline.market.ticks import TickBatch
@@ -96,3 +97,50 @@ class TickStore(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolTotals:
+    """Per-symbol totals of one batch: `sym` indexes the batch's symbol table."""
+
+    sym: np.ndarray  # int32, sorted, unique
+    rows: np.ndarray  # int64
+    max_ts: np.ndarray  # int64
+    max_seq: np.ndarray  # int64
+
+
+def symbol_totals(batch: TickBatch) -> SymbolTotals:
+    """Tick count, newest ts and highest seq of every symbol present in `batch` (vectorized)."""
+    n = len(batch)
+    if n == 0:
+        empty = np.empty(0, np.int64)
+        return SymbolTotals(np.empty(0, np.int32), empty, empty, empty)
+    order = np.argsort(batch.sym, kind="stable")
+    sym = batch.sym[order]
+    starts = np.flatnonzero(np.r_[True, sym[1:] != sym[:-1]])
+    return SymbolTotals(
+        sym=sym[starts].astype(np.int32),
+        rows=np.diff(np.r_[starts, n]).astype(np.int64),
+        max_ts=np.maximum.reduceat(batch.ts[order], starts),
+        max_seq=np.maximum.reduceat(batch.seq[order], starts),
+    )
+
+
+#: Columns of the frames returned by `TickStore.read_ticks` and `TickStore.candles`.
+TICK_FRAME_COLUMNS = ("ts", "seq", "price", "volume", "bid", "ask")
+CANDLE_COLUMNS = ("ts", "open", "high", "low", "close", "volume", "ticks")
+
+
+def candle_tick_range(
+    tf_ns: int, start_ns: int | None, end_ns: int | None
+) -> tuple[int | None, int | None]:
+    """Tick-time bounds [lo, hi) of the ticks whose bucket start lies in [start_ns, end_ns).
+
+    bucket(t) >= start  <=>  t >= ceil(start / tf) * tf, and likewise for the end, so the
+    store can filter ticks on its time index instead of on a computed bucket.
+    """
+
+    def ceil_align(value: int | None) -> int | None:
+        return None if value is None else -((-int(value)) // tf_ns) * tf_ns
+
+    return ceil_align(start_ns), ceil_align(end_ns)

@@ -1,0 +1,451 @@
+"""The PostgreSQL tick store: a psycopg 3 pool, binary COPY writes, candles computed in SQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import pandas as pd
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from hft_pipeline.market.ticks import TickBatch, validate_symbol
+from hft_pipeline.market.timeframes import timeframe_ns
+from hft_pipeline.store.base import (
+    CANDLE_COLUMNS,
+    TICK_FRAME_COLUMNS,
+    StoreUnavailableError,
+    Subscription,
+    Watermark,
+    candle_tick_range,
+    symbol_totals,
+)
+from hft_pipeline.store.copy import TICK_COPY_COLUMNS, decode_fixed_rows, encode_ticks
+from hft_pipeline.store.migrations import migrate_postgres
+
+DAY_NS = 86_400 * 1_000_000_000
+_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: Advisory lock key serializing on-demand partition creation across processes.
+_PARTITION_LOCK = 0x4846_5450_4152  # "HFTPAR"
+
+_COPY_TICKS = "copy ticks ({}) from stdin (format binary)".format(", ".join(TICK_COPY_COLUMNS))
+
+_UPSERT_TOTALS = """
+    insert into symbol_stats (symbol_id, rows, max_ts_ns, max_seq)
+    select * from unnest(%s::int4[], %s::int8[], %s::int8[], %s::int8[]) order by 1
+    on conflict (symbol_id) do update set
+        rows = symbol_stats.rows + excluded.rows,
+        max_ts_ns = greatest(symbol_stats.max_ts_ns, excluded.max_ts_ns),
+        max_seq = greatest(symbol_stats.max_seq, excluded.max_seq)
+"""
+
+_UPSERT_OFFSET = """
+    insert into consumer_offsets (stream, "offset", updated_at) values (%s, %s, now())
+    on conflict (stream) do update set "offset" = excluded."offset", updated_at = excluded.updated_at
+"""
+
+_TICK_FIELDS = [
+    ("ts", ">i8"),
+    ("seq", ">i8"),
+    ("price", ">f8"),
+    ("volume", ">f8"),
+    ("bid", ">f8"),
+    ("ask", ">f8"),
+]
+_CANDLE_FIELDS = [
+    ("ts", ">i8"),
+    ("open", ">f8"),
+    ("high", ">f8"),
+    ("low", ">f8"),
+    ("close", ">f8"),
+    ("volume", ">f8"),
+    ("ticks", ">i8"),
+]
+
+
+class PostgresStore:
+    """TickStore on PostgreSQL 15+ (TimescaleDB hypertable if available, else daily partitions).
+
+    Every method raises StoreUnavailableError when the server cannot be reached; the pool
+    checks connections before handing them out and reconnects by itself, so the same object
+    works again once the server is back.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        pool_size: int = 20,
+        *,
+        connect_timeout: float = 3.0,
+        pool_timeout: float = 5.0,
+    ) -> None:
+        self.url = dsn
+        self._dsn = dsn
+        self._safe_url = _redact(dsn)
+        self._connect_kwargs: dict[str, Any] = {
+            "connect_timeout": max(1, round(connect_timeout)),
+            "application_name": "hft_pipeline",
+            # A server that vanishes without a FIN/RST (cable, VM pause) is noticed in seconds
+            # instead of the OS default of two hours.
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 3,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 15_000,
+        }
+        self._lock = threading.Lock()
+        self._symbol_ids: dict[str, int] = {}
+        self._known_days: set[int] = set()
+        self._partitioned: bool | None = None
+        # stream -> (log_offset, n_ticks, xid) of a write whose COMMIT got no answer.
+        self._in_doubt: dict[str, tuple[int, int, str]] = {}
+        self._pool = ConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=max(1, pool_size),
+            kwargs=self._connect_kwargs,
+            open=False,
+            check=ConnectionPool.check_connection,
+            timeout=pool_timeout,
+            # Give up a failed reconnect attempt quickly: the next request starts a fresh one,
+            # so recovery after an outage never waits out a long exponential backoff.
+            reconnect_timeout=max(pool_timeout, 5.0),
+            name="hft-store",
+        )
+        self._pool.open(wait=False)
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self._safe_url!r})"
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    @contextmanager
+    def _unavailable(self, action: str) -> Iterator[None]:
+        """Translate connection-level failures into StoreUnavailableError."""
+        try:
+            yield
+        except StoreUnavailableError:
+            raise
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise StoreUnavailableError(
+                f"PostgreSQL at {self._safe_url} is unavailable ({action}): {exc}"
+            ) from exc
+
+    def _fetch_copy(
+        self, query: str, params: dict[str, Any], fields: list[tuple[str, str]]
+    ) -> np.ndarray:
+        with self._pool.connection() as conn, conn.cursor() as cur:
+            with cur.copy(f"copy ({query}) to stdout (format binary)", params) as copy:
+                payload = b"".join(bytes(block) for block in copy)
+        return decode_fixed_rows(payload, fields)
+
+    def _lookup_symbol(self, symbol: str) -> int | None:
+        validate_symbol(symbol)
+        ident = self._symbol_ids.get(symbol)
+        if ident is None:
+            with self._pool.connection() as conn:
+                row = conn.execute("select id from symbols where name = %s", (symbol,)).fetchone()
+            if row is None:
+                return None
+            ident = row[0]
+            with self._lock:
+                self._symbol_ids[symbol] = ident
+        return ident
+
+    def _symbol_table(self, names: Sequence[str]) -> np.ndarray:
+        """Database ids of `names` (int32, same order), creating missing symbols."""
+        missing = [name for name in names if name not in self._symbol_ids]
+        if missing:
+            for name in missing:
+                validate_symbol(name)
+            # Own committed transaction: ids stay valid even if the tick transaction fails.
+            with self._pool.connection() as conn:
+                conn.execute(
+                    "insert into symbols (name) select unnest(%s::text[]) order by 1 "
+                    "on conflict (name) do nothing",
+                    (missing,),
+                )
+                rows = conn.execute(
+                    "select name, id from symbols where name = any(%s::text[])", (missing,)
+                ).fetchall()
+            with self._lock:
+                self._symbol_ids.update(rows)
+        return np.fromiter((self._symbol_ids[n] for n in names), np.int32, len(names))
+
+    def _ensure_partitions(self, ts_ns: np.ndarray) -> None:
+        """Create the daily partitions `ts_ns` falls into (native partitioning only)."""
+        days = [d for d in np.unique(ts_ns // DAY_NS).tolist() if d not in self._known_days]
+        if not days:
+            return
+        with self._pool.connection() as conn:
+            if self._partitioned is None:
+                self._partitioned = conn.execute(
+                    "select exists (select 1 from pg_partitioned_table "
+                    "where partrelid = to_regclass('ticks'))"
+                ).fetchone()[0]
+            if self._partitioned:
+                conn.execute("select pg_advisory_xact_lock(%s)", (_PARTITION_LOCK,))
+                for day in days:
+                    first = date(1970, 1, 1) + timedelta(days=day)
+                    name = f"ticks_{first:%Y%m%d}"
+                    exists = conn.execute("select to_regclass(%s)", (name,)).fetchone()[0]
+                    if exists is None:
+                        conn.execute(
+                            sql.SQL(
+                                "create table {} partition of ticks for values from ({}) to ({})"
+                            ).format(
+                                sql.Identifier(name),
+                                sql.Literal(f"{first.isoformat()} 00:00:00+00"),
+                                sql.Literal(
+                                    f"{(first + timedelta(days=1)).isoformat()} 00:00:00+00"
+                                ),
+                            )
+                        )
+        with self._lock:
+            self._known_days.update(days)
+
+    def _write_offset(self, cur: psycopg.Cursor, stream: str, log_offset: int) -> None:
+        cur.execute(_UPSERT_OFFSET, (stream, log_offset))
+
+    def _already_committed(self, stream: str, log_offset: int, n: int) -> bool:
+        """Resolve a write whose COMMIT was sent but never answered (connection lost).
+
+        The server may have committed it; writing it again would duplicate the ticks. Its
+        transaction id tells: pg_xact_status says committed, aborted or still in progress.
+        """
+        entry = self._in_doubt.get(stream)
+        if entry is None:
+            return False
+        if entry[:2] != (log_offset, n):
+            # The caller moved on to another batch: it knows better than we do.
+            self._in_doubt.pop(stream, None)
+            return False
+        with self._pool.connection() as conn:
+            status = conn.execute("select pg_xact_status(%s::xid8)", (entry[2],)).fetchone()[0]
+        if status == "in progress":
+            raise StoreUnavailableError("the previous write of this batch is still being committed")
+        # Forget the entry only once its fate is known: a failed check must be repeatable.
+        self._in_doubt.pop(stream, None)
+        return status == "committed"
+
+    # -- TickStore ------------------------------------------------------------------------
+
+    def migrate(self) -> list[int]:
+        """Apply pending migrations from `sql/postgres`; return the versions applied now."""
+        with (
+            self._unavailable("migrate"),
+            psycopg.connect(self._dsn, autocommit=True, **self._connect_kwargs) as conn,
+        ):
+            applied = migrate_postgres(conn)
+        self._partitioned = None
+        return applied
+
+    def write_ticks(self, batch: TickBatch, log_offset: int, stream: str = "ticklog") -> None:
+        """Insert `batch` by binary COPY and set the offset of `stream`, in one transaction."""
+        n = len(batch)
+        with self._unavailable("write_ticks"):
+            if self._already_committed(stream, log_offset, n):
+                return
+            if n:
+                table = self._symbol_table(batch.symbols)
+                self._ensure_partitions(batch.ts)
+                payload = encode_ticks(
+                    table[batch.sym], batch.ts, batch.seq, batch.price, batch.volume,
+                    batch.bid, batch.ask,
+                )  # fmt: skip
+                totals = symbol_totals(batch)
+                totals_params = (
+                    table[totals.sym].tolist(),
+                    totals.rows.tolist(),
+                    totals.max_ts.tolist(),
+                    totals.max_seq.tolist(),
+                )
+            with self._pool.connection() as conn:
+                with conn.cursor() as cur:
+                    xid = cur.execute("select pg_current_xact_id()::text").fetchone()[0]
+                    if n:
+                        with cur.copy(_COPY_TICKS) as copy:
+                            copy.write(payload)
+                        cur.execute(_UPSERT_TOTALS, totals_params)
+                    self._write_offset(cur, stream, log_offset)
+                try:
+                    conn.commit()
+                except psycopg.OperationalError:
+                    with self._lock:
+                        self._in_doubt[stream] = (log_offset, n, xid)
+                    raise
+
+    def log_offset(self, stream: str = "ticklog") -> int:
+        """The offset stored by the last `write_ticks` for `stream`, 0 if none."""
+        with self._unavailable("log_offset"), self._pool.connection() as conn:
+            row = conn.execute(
+                'select "offset" from consumer_offsets where stream = %s', (stream,)
+            ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def read_ticks(
+        self,
+        symbol: str,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        limit: int | None = None,
+        descending: bool = False,
+    ) -> pd.DataFrame:
+        """Ticks of `symbol` with start_ns <= ts < end_ns ordered by (ts, seq); see TickStore."""
+        with self._unavailable("read_ticks"):
+            ident = self._lookup_symbol(symbol)
+            if ident is None or (limit is not None and limit <= 0):
+                return _frame(np.empty(0, _native(_TICK_FIELDS)), TICK_FRAME_COLUMNS)
+            where, params = _time_filter(ident, start_ns, end_ns)
+            # The btree is on (symbol_id, ts); ts is ts_ns floored, so (ts, ts_ns, seq) sorts
+            # exactly like (ts_ns, seq) and lets the planner use the index with an incremental sort.
+            direction = "desc" if descending else "asc"
+            query = (
+                "select ts_ns, seq, price, volume, coalesce(bid, 'NaN'), coalesce(ask, 'NaN') "
+                f"from ticks where {where} "
+                f"order by ts {direction}, ts_ns {direction}, seq {direction}"
+                + _limit(limit, params)
+            )
+            rows = self._fetch_copy(query, params, _TICK_FIELDS)
+        return _frame(rows, TICK_FRAME_COLUMNS)
+
+    def candles(
+        self,
+        symbol: str,
+        timeframe: str,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        limit: int | None = None,
+        descending: bool = False,
+    ) -> pd.DataFrame:
+        """Candles of `symbol` computed in SQL from stored ticks; see TickStore."""
+        tf = timeframe_ns(timeframe)
+        lo, hi = candle_tick_range(tf, start_ns, end_ns)
+        with self._unavailable("candles"):
+            ident = self._lookup_symbol(symbol)
+            if ident is None or (limit is not None and limit <= 0):
+                return _frame(np.empty(0, _native(_CANDLE_FIELDS)), CANDLE_COLUMNS)
+            where, params = _time_filter(ident, lo, hi)
+            params["tf"] = tf
+            direction = "desc" if descending else "asc"
+            # Floor (not truncating) division keeps buckets epoch-aligned before 1970 too.
+            query = (
+                "select b, (array_agg(price order by ts_ns, seq))[1], max(price), min(price), "
+                "(array_agg(price order by ts_ns desc, seq desc))[1], sum(volume), count(*) "
+                "from (select ts_ns - mod(mod(ts_ns, %(tf)s) + %(tf)s, %(tf)s) as b, "
+                f"ts_ns, seq, price, volume from ticks where {where}) as t "
+                f"group by b order by b {direction}" + _limit(limit, params)
+            )
+            rows = self._fetch_copy(query, params, _CANDLE_FIELDS)
+        return _frame(rows, CANDLE_COLUMNS)
+
+    def last_seqs(self) -> dict[str, int]:
+        """Highest persisted seq per symbol."""
+        with self._unavailable("last_seqs"), self._pool.connection() as conn:
+            rows = conn.execute(
+                "select s.name, t.max_seq from symbol_stats t join symbols s on s.id = t.symbol_id"
+            ).fetchall()
+        return {name: int(seq) for name, seq in rows}
+
+    def watermark(self) -> Watermark:
+        """Rows, newest persisted tick time overall and per symbol."""
+        with self._unavailable("watermark"), self._pool.connection() as conn:
+            rows = conn.execute(
+                "select s.name, t.rows, t.max_ts_ns from symbol_stats t "
+                "join symbols s on s.id = t.symbol_id"
+            ).fetchall()
+        per_symbol = {name: int(ts) for name, count, ts in rows if count > 0}
+        return Watermark(
+            rows=sum(int(count) for _, count, _ in rows),
+            max_ts=max(per_symbol.values()) if per_symbol else None,
+            per_symbol_max_ts=per_symbol,
+        )
+
+    def symbols(self) -> list[str]:
+        """Every symbol with at least one stored tick, sorted."""
+        with self._unavailable("symbols"), self._pool.connection() as conn:
+            rows = conn.execute(
+                "select s.name from symbol_stats t join symbols s on s.id = t.symbol_id "
+                "where t.rows > 0"
+            ).fetchall()
+        return sorted(name for (name,) in rows)
+
+    def add_subscription(self, symbol: str, exchange: str) -> bool:
+        """Persist a subscription; False if it already existed."""
+        validate_symbol(symbol)
+        with self._unavailable("add_subscription"), self._pool.connection() as conn:
+            cur = conn.execute(
+                "insert into subscriptions (symbol, exchange, created_ns) values (%s, %s, %s) "
+                "on conflict (symbol) do nothing",
+                (symbol, str(exchange), time.time_ns()),
+            )
+            return cur.rowcount == 1
+
+    def remove_subscription(self, symbol: str) -> bool:
+        """Delete a subscription; False if there was none."""
+        with self._unavailable("remove_subscription"), self._pool.connection() as conn:
+            cur = conn.execute("delete from subscriptions where symbol = %s", (symbol,))
+            return cur.rowcount == 1
+
+    def subscriptions(self) -> list[Subscription]:
+        """All persisted subscriptions ordered by symbol."""
+        with self._unavailable("subscriptions"), self._pool.connection() as conn:
+            rows = conn.execute("select symbol, exchange, created_ns from subscriptions").fetchall()
+        return [Subscription(s, e, int(c)) for s, e, c in sorted(rows)]
+
+    def ping(self) -> None:
+        """Raise StoreUnavailableError unless the server answers `select 1`."""
+        with self._unavailable("ping"), self._pool.connection() as conn:
+            conn.execute("select 1").fetchone()
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self._pool.close()
+
+
+def _redact(dsn: str) -> str:
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _us_to_datetime(us: int) -> datetime:
+    return _UNIX_EPOCH + timedelta(microseconds=us)
+
+
+def _time_filter(ident: int, lo: int | None, hi: int | None) -> tuple[str, dict[str, Any]]:
+    """WHERE clause on ts_ns (exact) plus the implied bounds on ts (partition pruning, index)."""
+    conds = ["symbol_id = %(sid)s"]
+    params: dict[str, Any] = {"sid": ident}
+    if lo is not None:
+        conds += ["ts_ns >= %(lo)s", "ts >= %(lo_ts)s"]
+        params |= {"lo": int(lo), "lo_ts": _us_to_datetime(int(lo) // 1000)}
+    if hi is not None:
+        # ts_ns < hi  =>  floor_us(ts_ns) <= floor_us(hi - 1)
+        conds += ["ts_ns < %(hi)s", "ts < %(hi_ts)s"]
+        params |= {"hi": int(hi), "hi_ts": _us_to_datetime((int(hi) - 1) // 1000 + 1)}
+    return " and ".join(conds), params
+
+
+def _limit(limit: int | None, params: dict[str, Any]) -> str:
+    if limit is None:
+        return ""
+    params["limit"] = int(limit)
+    return " limit %(limit)s"
+
+
+def _native(fields: list[tuple[str, str]]) -> np.dtype:
+    return np.dtype([(name, np.dtype(fmt).newbyteorder("=")) for name, fmt in fields])
+
+
+def _frame(rows: np.ndarray, columns: Sequence[str]) -> pd.DataFrame:
+    return pd.DataFrame({name: rows[name] for name in columns}, columns=list(columns))

@@ -1,0 +1,354 @@
+"""The embedded SQLite tick store (the default): one file in WAL mode, candles in SQL."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hft_pipeline.market.ticks import TickBatch, validate_symbol
+from hft_pipeline.market.timeframes import timeframe_ns
+from hft_pipeline.store.base import (
+    CANDLE_COLUMNS,
+    TICK_FRAME_COLUMNS,
+    StoreUnavailableError,
+    Subscription,
+    Watermark,
+    candle_tick_range,
+    symbol_totals,
+)
+from hft_pipeline.store.migrations import migrate_sqlite
+
+_TICK_DTYPE = np.dtype(
+    [("ts", "i8"), ("seq", "i8"), ("price", "f8"), ("volume", "f8"), ("bid", "f8"), ("ask", "f8")]
+)
+_CANDLE_DTYPE = np.dtype(
+    [
+        ("ts", "i8"),
+        ("open", "f8"),
+        ("high", "f8"),
+        ("low", "f8"),
+        ("close", "f8"),
+        ("volume", "f8"),
+        ("ticks", "i8"),
+    ]
+)
+
+# SQLite binds NaN as NULL, which is exactly the NaN <-> NULL mapping bid/ask need.
+_INSERT_TICKS = "insert into ticks (symbol_id, ts_ns, seq, price, volume, bid, ask) values (?, ?, ?, ?, ?, ?, ?)"
+_UPSERT_TOTALS = """
+    insert into symbol_stats (symbol_id, rows, max_ts_ns, max_seq) values (?, ?, ?, ?)
+    on conflict (symbol_id) do update set
+        rows = rows + excluded.rows,
+        max_ts_ns = max(max_ts_ns, excluded.max_ts_ns),
+        max_seq = max(max_seq, excluded.max_seq)
+"""
+_UPSERT_OFFSET = """
+    insert into consumer_offsets (stream, "offset", updated_at) values (?, ?, ?)
+    on conflict (stream) do update set "offset" = excluded."offset", updated_at = excluded.updated_at
+"""
+
+
+class SqliteStore:
+    """TickStore in one SQLite file; safe to share between threads (a connection per thread)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.url = f"sqlite:///{self.path}"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        # One writer at a time inside this process; other processes wait on SQLite's own lock.
+        self._write_lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._symbol_ids: dict[str, int] = {}
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({str(self.path)!r})"
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreUnavailableError(f"{self!r} is closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+            # WAL: readers (API thread) never block the writer (persister) nor wait for it.
+            conn.execute("pragma journal_mode = wal")
+            # NORMAL skips the fsync per commit; a power cut may lose the last commits, which is
+            # fine because the tick log is the durable record and the offset stored with the
+            # ticks makes the replay after restart exact (DESIGN §3).
+            conn.execute("pragma synchronous = normal")
+            with self._lock:
+                self._connections.append(conn)
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _unavailable(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except (sqlite3.OperationalError, sqlite3.ProgrammingError) as exc:
+            # Locked beyond the busy timeout, disk errors, a closed store: retryable by callers.
+            raise StoreUnavailableError(
+                f"SQLite store {self.path} unavailable ({action}): {exc}"
+            ) from exc
+
+    def _lookup_symbol(self, conn: sqlite3.Connection, symbol: str) -> int | None:
+        validate_symbol(symbol)
+        ident = self._symbol_ids.get(symbol)
+        if ident is None:
+            row = conn.execute("select id from symbols where name = ?", (symbol,)).fetchone()
+            if row is None:
+                return None
+            ident = row[0]
+            with self._lock:
+                self._symbol_ids[symbol] = ident
+        return ident
+
+    def _symbol_table(self, conn: sqlite3.Connection, names: Sequence[str]) -> np.ndarray:
+        missing = [name for name in names if name not in self._symbol_ids]
+        if missing:
+            for name in missing:
+                validate_symbol(name)
+            conn.executemany(
+                "insert or ignore into symbols (name) values (?)", ((m,) for m in missing)
+            )
+            marks = ", ".join("?" * len(missing))
+            rows = conn.execute(f"select name, id from symbols where name in ({marks})", missing)
+            with self._lock:
+                self._symbol_ids.update(rows.fetchall())
+        return np.fromiter((self._symbol_ids[n] for n in names), np.int64, len(names))
+
+    def _write_offset(self, conn: sqlite3.Connection, stream: str, log_offset: int) -> None:
+        conn.execute(_UPSERT_OFFSET, (stream, int(log_offset), time.time_ns()))
+
+    # -- TickStore ------------------------------------------------------------------------
+
+    def migrate(self) -> list[int]:
+        """Apply pending migrations from `sql/sqlite`; return the versions applied now."""
+        with self._unavailable("migrate"), self._write_lock:
+            return migrate_sqlite(self._conn())
+
+    def write_ticks(self, batch: TickBatch, log_offset: int, stream: str = "ticklog") -> None:
+        """Insert `batch` and set the offset of `stream`, in one transaction."""
+        n = len(batch)
+        with self._unavailable("write_ticks"), self._write_lock:
+            conn = self._conn()
+            table = self._symbol_table(conn, batch.symbols) if n else None
+            conn.execute("begin immediate")
+            try:
+                if n:
+                    conn.executemany(
+                        _INSERT_TICKS,
+                        zip(
+                            table[batch.sym].tolist(),
+                            batch.ts.tolist(),
+                            batch.seq.tolist(),
+                            batch.price.tolist(),
+                            batch.volume.tolist(),
+                            batch.bid.tolist(),
+                            batch.ask.tolist(),
+                            strict=True,
+                        ),
+                    )
+                    totals = symbol_totals(batch)
+                    conn.executemany(
+                        _UPSERT_TOTALS,
+                        zip(
+                            table[totals.sym].tolist(),
+                            totals.rows.tolist(),
+                            totals.max_ts.tolist(),
+                            totals.max_seq.tolist(),
+                            strict=True,
+                        ),
+                    )
+                self._write_offset(conn, stream, log_offset)
+                conn.execute("commit")
+            except BaseException:
+                with suppress(sqlite3.Error):
+                    conn.execute("rollback")
+                raise
+
+    def log_offset(self, stream: str = "ticklog") -> int:
+        """The offset stored by the last `write_ticks` for `stream`, 0 if none."""
+        with self._unavailable("log_offset"):
+            row = (
+                self._conn()
+                .execute('select "offset" from consumer_offsets where stream = ?', (stream,))
+                .fetchone()
+            )
+        return 0 if row is None else int(row[0])
+
+    def read_ticks(
+        self,
+        symbol: str,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        limit: int | None = None,
+        descending: bool = False,
+    ) -> pd.DataFrame:
+        """Ticks of `symbol` with start_ns <= ts < end_ns ordered by (ts, seq); see TickStore."""
+        with self._unavailable("read_ticks"):
+            conn = self._conn()
+            ident = self._lookup_symbol(conn, symbol)
+            if ident is None or (limit is not None and limit <= 0):
+                return _frame([], _TICK_DTYPE, TICK_FRAME_COLUMNS)
+            where, params = _time_filter(ident, start_ns, end_ns)
+            direction = "desc" if descending else "asc"
+            rows = conn.execute(
+                f"select ts_ns, seq, price, volume, bid, ask from ticks where {where} "
+                f"order by ts_ns {direction}, seq {direction}" + _limit(limit, params),
+                params,
+            ).fetchall()
+        return _frame(rows, _TICK_DTYPE, TICK_FRAME_COLUMNS)
+
+    def candles(
+        self,
+        symbol: str,
+        timeframe: str,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        limit: int | None = None,
+        descending: bool = False,
+    ) -> pd.DataFrame:
+        """Candles of `symbol` computed in SQL from stored ticks; see TickStore."""
+        tf = timeframe_ns(timeframe)
+        lo, hi = candle_tick_range(tf, start_ns, end_ns)
+        with self._unavailable("candles"):
+            conn = self._conn()
+            ident = self._lookup_symbol(conn, symbol)
+            if ident is None or (limit is not None and limit <= 0):
+                return _frame([], _CANDLE_DTYPE, CANDLE_COLUMNS)
+            where, params = _time_filter(ident, lo, hi)
+            params["tf"] = tf
+            direction = "desc" if descending else "asc"
+            # SQLite's % truncates toward zero: ((x % tf) + tf) % tf is the floor remainder, so
+            # buckets stay epoch-aligned before 1970. One window sorted by (ts_ns, seq) gives
+            # the first and last price of every bucket.
+            rows = conn.execute(
+                f"""
+                select b, max(o), max(price), min(price), max(c), sum(volume), count(*)
+                from (
+                    select b, price, volume,
+                        first_value(price) over w as o,
+                        last_value(price) over w as c
+                    from (
+                        select ts_ns - (((ts_ns % :tf) + :tf) % :tf) as b, ts_ns, seq, price, volume
+                        from ticks where {where}
+                    )
+                    window w as (partition by b order by ts_ns, seq
+                                 rows between unbounded preceding and unbounded following)
+                )
+                group by b order by b {direction}"""
+                + _limit(limit, params),
+                params,
+            ).fetchall()
+        return _frame(rows, _CANDLE_DTYPE, CANDLE_COLUMNS)
+
+    def last_seqs(self) -> dict[str, int]:
+        """Highest persisted seq per symbol."""
+        with self._unavailable("last_seqs"):
+            rows = self._conn().execute(
+                "select s.name, t.max_seq from symbol_stats t join symbols s on s.id = t.symbol_id"
+            )
+            return {name: int(seq) for name, seq in rows}
+
+    def watermark(self) -> Watermark:
+        """Rows, newest persisted tick time overall and per symbol."""
+        with self._unavailable("watermark"):
+            rows = (
+                self._conn()
+                .execute(
+                    "select s.name, t.rows, t.max_ts_ns from symbol_stats t "
+                    "join symbols s on s.id = t.symbol_id"
+                )
+                .fetchall()
+            )
+        per_symbol = {name: int(ts) for name, count, ts in rows if count > 0}
+        return Watermark(
+            rows=sum(int(count) for _, count, _ in rows),
+            max_ts=max(per_symbol.values()) if per_symbol else None,
+            per_symbol_max_ts=per_symbol,
+        )
+
+    def symbols(self) -> list[str]:
+        """Every symbol with at least one stored tick, sorted."""
+        with self._unavailable("symbols"):
+            rows = self._conn().execute(
+                "select s.name from symbol_stats t join symbols s on s.id = t.symbol_id "
+                "where t.rows > 0"
+            )
+            return sorted(name for (name,) in rows)
+
+    def add_subscription(self, symbol: str, exchange: str) -> bool:
+        """Persist a subscription; False if it already existed."""
+        validate_symbol(symbol)
+        with self._unavailable("add_subscription"), self._write_lock:
+            cur = self._conn().execute(
+                "insert or ignore into subscriptions (symbol, exchange, created_ns) values (?, ?, ?)",
+                (symbol, str(exchange), time.time_ns()),
+            )
+            return cur.rowcount == 1
+
+    def remove_subscription(self, symbol: str) -> bool:
+        """Delete a subscription; False if there was none."""
+        with self._unavailable("remove_subscription"), self._write_lock:
+            cur = self._conn().execute("delete from subscriptions where symbol = ?", (symbol,))
+            return cur.rowcount == 1
+
+    def subscriptions(self) -> list[Subscription]:
+        """All persisted subscriptions ordered by symbol."""
+        with self._unavailable("subscriptions"):
+            rows = self._conn().execute("select symbol, exchange, created_ns from subscriptions")
+            return [Subscription(s, e, int(c)) for s, e, c in sorted(rows)]
+
+    def ping(self) -> None:
+        """Raise StoreUnavailableError unless the database file answers `select 1`."""
+        with self._unavailable("ping"):
+            self._conn().execute("select 1").fetchone()
+
+    def close(self) -> None:
+        """Close the connections of every thread; later calls raise StoreUnavailableError."""
+        with self._lock:
+            self._closed = True
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            with suppress(sqlite3.Error):
+                conn.close()
+
+
+def _time_filter(ident: int, lo: int | None, hi: int | None) -> tuple[str, dict[str, Any]]:
+    conds = ["symbol_id = :sid"]
+    params: dict[str, Any] = {"sid": ident}
+    if lo is not None:
+        conds.append("ts_ns >= :lo")
+        params["lo"] = int(lo)
+    if hi is not None:
+        conds.append("ts_ns < :hi")
+        params["hi"] = int(hi)
+    return " and ".join(conds), params
+
+
+def _limit(limit: int | None, params: dict[str, Any]) -> str:
+    if limit is None:
+        return ""
+    params["limit"] = int(limit)
+    return " limit :limit"
+
+
+def _frame(rows: list[tuple], dtype: np.dtype, columns: Sequence[str]) -> pd.DataFrame:
+    # NULL bid/ask arrive as None, which numpy turns into NaN in a float field.
+    array = np.array(rows, dtype=dtype) if rows else np.empty(0, dtype)
+    return pd.DataFrame({name: array[name] for name in columns}, columns=list(columns))
