@@ -141,9 +141,13 @@ class PostgresStore:
     def _fetch_copy(
         self, query: str, params: dict[str, Any], fields: list[tuple[str, str]]
     ) -> np.ndarray:
-        with self._pool.connection() as conn, conn.cursor() as cur:
-            with cur.copy(f"copy ({query}) to stdout (format binary)", params) as copy:
-                payload = b"".join(bytes(block) for block in copy)
+        statement = f"copy ({query}) to stdout (format binary)"
+        with (
+            self._pool.connection() as conn,
+            conn.cursor() as cur,
+            cur.copy(statement, params) as copy,
+        ):
+            payload = b"".join(bytes(block) for block in copy)
         return decode_fixed_rows(payload, fields)
 
     def _lookup_symbol(self, symbol: str) -> int | None:
