@@ -8,6 +8,7 @@ are wholly persisted. On open, a torn tail (partial or CRC-bad record) is trunca
 from __future__ import annotations
 
 import bisect
+import fcntl
 import os
 import re
 import struct
@@ -52,6 +53,7 @@ _BYTES_PER_TICK = 8 * len(_WIDE_COLUMNS) + 4
 _MAX_PAYLOAD = 0xFFFFFFFF
 
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.log$")
+LOCK_NAME = ".lock"
 _READ_CHUNK_MIN = 1 << 16
 _READ_CHUNK_MAX = 1 << 24
 
@@ -246,7 +248,22 @@ class TickLog:
         self.truncated_bytes = 0
 
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._bases = self._recover()
+        # Two writers interleaving records in one segment would corrupt it: hold an exclusive
+        # advisory lock for as long as the log is open (released by the OS if the process dies).
+        self._lock_fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise TickLogError(
+                f"tick log {self.directory} is already open (by this or another process); "
+                "close it first or use another directory"
+            ) from None
+        try:
+            self._bases = self._recover()
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
         active = _segment_path(self.directory, self._bases[-1])
         self._fd = os.open(active, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._active_size = os.fstat(self._fd).st_size
@@ -556,6 +573,7 @@ class TickLog:
             for fd in self._read_fds.values():
                 os.close(fd)
             self._read_fds.clear()
+        os.close(self._lock_fd)  # releases the flock
 
     def __enter__(self) -> TickLog:
         return self

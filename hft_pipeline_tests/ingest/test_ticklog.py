@@ -132,7 +132,7 @@ def test_many_segments_and_reads_across_segment_boundaries(tmp_path: Path) -> No
     with TickLog(tmp_path, fsync="off", segment_bytes=4096) as log:
         offsets = append_all(log, batches)
         assert log.segment_count > 10
-        files = sorted(p.name for p in tmp_path.iterdir())
+        files = sorted(p.name for p in tmp_path.glob("*.log"))
         bases = [int(name[:20]) for name in files]
         assert all(name.endswith(".log") and len(name) == 24 for name in files)
         assert bases[0] == 0 and set(bases) <= set(offsets)
@@ -233,7 +233,7 @@ def test_corruption_inside_the_log_is_reported_never_returned(tmp_path: Path) ->
     batches = [make_batch(rng, 10) for _ in range(12)]
     offsets = _write_log(tmp_path, batches, segment_bytes=2048)
     path = tmp_path / f"{0:020d}.log"
-    second_segment = min(int(p.name[:20]) for p in tmp_path.iterdir() if p != path)
+    second_segment = min(int(p.name[:20]) for p in tmp_path.glob("*.log") if p != path)
     assert offsets[2] < second_segment  # the damaged record is in the first, closed segment
     data = bytearray(path.read_bytes())
     data[offsets[2] + HEADER_SIZE + 40] ^= 0xFF  # inside the third record's payload
@@ -273,7 +273,7 @@ def test_torn_tail_in_a_later_segment_and_a_short_older_segment(tmp_path: Path) 
     rng = np.random.default_rng(9)
     batches = [make_batch(rng, 15) for _ in range(30)]
     offsets = _write_log(tmp_path, batches, segment_bytes=3000)
-    bases = sorted(int(p.name[:20]) for p in tmp_path.iterdir())
+    bases = sorted(int(p.name[:20]) for p in tmp_path.glob("*.log"))
     assert len(bases) >= 4
     last_path = tmp_path / f"{bases[-1]:020d}.log"
     os.truncate(last_path, last_path.stat().st_size - 7)
@@ -287,7 +287,7 @@ def test_torn_tail_in_a_later_segment_and_a_short_older_segment(tmp_path: Path) 
     short = tmp_path / f"{bases[1]:020d}.log"
     size = short.stat().st_size
     os.truncate(short, size - 3)
-    before = sum(p.stat().st_size for p in tmp_path.iterdir())
+    before = sum(p.stat().st_size for p in tmp_path.glob("*.log"))
     with TickLog(tmp_path, fsync="off", segment_bytes=3000) as log:
         keep = max(o for o in offsets if o <= bases[1] + size - 3)
         assert log.end_offset == keep
@@ -325,14 +325,14 @@ def test_retention_deletes_only_segments_wholly_below_the_persisted_offset(tmp_p
     batches = [make_batch(rng, 20) for _ in range(40)]
     with TickLog(tmp_path, fsync="off", segment_bytes=4000) as log:
         offsets = append_all(log, batches)
-        bases = sorted(int(p.name[:20]) for p in tmp_path.iterdir())
+        bases = sorted(int(p.name[:20]) for p in tmp_path.glob("*.log"))
         assert len(bases) >= 6
         assert log.retain(bases[0]) == 0
         # persisted offset inside the third segment: the first two go, the third stays
         inside = next(o for o in offsets if bases[2] < o < bases[3])
         assert log.retain(inside) == 2
         assert log.start_offset == bases[2]
-        remaining = sorted(int(p.name[:20]) for p in tmp_path.iterdir())
+        remaining = sorted(int(p.name[:20]) for p in tmp_path.glob("*.log"))
         assert remaining == bases[2:]
         assert log.bytes_on_disk == offsets[-1] - bases[2]
         got, _ = log.read(bases[2], 10**6)
@@ -342,7 +342,7 @@ def test_retention_deletes_only_segments_wholly_below_the_persisted_offset(tmp_p
         # everything persisted: the active segment is never deleted
         assert log.retain(log.end_offset + 10**9) == len(bases) - 5
         assert log.segment_count == 1
-        assert [int(p.name[:20]) for p in tmp_path.iterdir()] == [bases[-1]]
+        assert [int(p.name[:20]) for p in tmp_path.glob("*.log")] == [bases[-1]]
         end = log.append(batches[0])
         got, nxt = log.read(offsets[-1], 10**6)
         assert nxt == end
@@ -559,3 +559,16 @@ def test_sigkill_mid_append_loses_nothing_durable_and_yields_no_corrupt_record(
         end = log.append(TickBatch.from_columns("R_100", [1], [k * 4000], [1.0], [1.0]))
         got, nxt = log.read(offset, 10)
         assert nxt == end and got.seq.tolist() == [k * 4000]
+
+
+def test_a_directory_can_be_open_by_one_log_at_a_time(tmp_path: Path) -> None:
+    rng = np.random.default_rng(17)
+    log = TickLog(tmp_path, fsync="off")
+    try:
+        with pytest.raises(TickLogError, match="already open"):
+            TickLog(tmp_path, fsync="off")
+        end = log.append(make_batch(rng, 4))
+    finally:
+        log.close()
+    with TickLog(tmp_path, fsync="off") as again:  # the lock goes with close()
+        assert again.end_offset == end
