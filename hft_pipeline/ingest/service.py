@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hft_pipeline.ingest.buffers import TickBuffers
@@ -56,11 +57,17 @@ class Counters:
     started_ns: int = field(default_factory=time.time_ns)
 
 
-def build_feed(settings: Settings) -> Feed:
-    """The feed named by `settings.feed` (simulator or replay)."""
-    from hft_pipeline.ingest.feeds import make_feed
+def build_feed(settings: Settings, symbols: list[str]) -> Feed:
+    """The feed named by `settings.feed`, producing `symbols` (simulator) or a file (replay)."""
+    if settings.feed == "simulator":
+        from hft_pipeline.ingest.feeds.simulator import SimulatorFeed
 
-    return make_feed(settings)
+        return SimulatorFeed(symbols, seed=settings.seed, rate=settings.rate, include_defaults=False)
+    if settings.feed == "replay":
+        from hft_pipeline.ingest.feeds.replay import ReplayFeed
+
+        return ReplayFeed(Path(settings.replay_file), speed=settings.replay_speed)
+    raise ValueError(f"unknown feed {settings.feed!r}: use simulator or replay")
 
 
 class IngestService:
@@ -149,18 +156,18 @@ class IngestService:
     async def start(self) -> None:
         """Open everything, restore subscriptions, resume the feed and start consuming it."""
         await asyncio.to_thread(self.open)
-        if self.feed is None:
-            self.feed = build_feed(self.settings)
-        subscriptions = self.store.subscriptions()
-        wanted = {sub.symbol: sub.exchange for sub in subscriptions}
+        assert self.store is not None
+        wanted = {sub.symbol: sub.exchange for sub in self.store.subscriptions()}
         if self.settings.feed == "simulator":
-            for symbol in self.settings.symbols or ():
-                wanted.setdefault(symbol, "SIM")
+            for symbol in self.settings.symbols:
+                wanted.setdefault(validate_symbol(symbol), "SIM")
             if not wanted:
                 wanted = dict.fromkeys(DEFAULT_SYMBOLS, "SIM")
         for symbol, exchange in wanted.items():
             self.store.add_subscription(symbol, exchange)
         self.exchanges = dict(wanted)
+        if self.feed is None:
+            self.feed = build_feed(self.settings, list(wanted))
         self.feed.resume_from(self.resume_points(list(wanted)))
         for symbol in wanted:
             self.feed.subscribe(symbol)
