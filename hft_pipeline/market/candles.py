@@ -41,7 +41,7 @@ def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return s, e
 
 
-def _merge_sums(
+def merge_exact_sums(
     s1: np.ndarray, c1: np.ndarray, d1: np.ndarray, s2: np.ndarray, c2: np.ndarray, d2: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(s, c, d) whose exact sum is the exact sum of both inputs (see module docstring)."""
@@ -81,7 +81,9 @@ def _segment_sums(
         paired = pos[keep] + 1 < lengths[seg[keep]]
         left = keep[paired]
         s_new, c_new, d_new = s[keep], c[keep], d[keep]
-        ms, mc, md = _merge_sums(s[left], c[left], d[left], s[left + 1], c[left + 1], d[left + 1])
+        ms, mc, md = merge_exact_sums(
+            s[left], c[left], d[left], s[left + 1], c[left + 1], d[left + 1]
+        )
         s_new[paired], c_new[paired], d_new[paired] = ms, mc, md
         s, c, d = s_new, c_new, d_new
         seg = seg[keep]
@@ -131,7 +133,7 @@ class PartialCandles:
         return cls(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)))
 
 
-def _starts(*keys: np.ndarray) -> np.ndarray:
+def run_starts(*keys: np.ndarray) -> np.ndarray:
     """Indices where any of the (sorted) key columns changes, starting with 0."""
     n = keys[0].shape[0]
     change = np.zeros(n, dtype=bool)
@@ -167,7 +169,7 @@ def partial_candles(
             group[order],
         )
     bucket = (ts // tf_ns) * tf_ns
-    starts = _starts(group, bucket)
+    starts = run_starts(group, bucket)
     if n == 0:
         return _empty_partials()
     ends = np.append(starts[1:], n) - 1
@@ -219,7 +221,7 @@ def rollup(parts: PartialCandles, tf_ns: int | np.ndarray) -> PartialCandles:
     if n == 0:
         return _empty_partials()
     bucket = (parts.ts // tf_ns) * tf_ns
-    starts = _starts(parts.group, bucket)
+    starts = run_starts(parts.group, bucket)
     ends = np.append(starts[1:], n) - 1
     vs, vc, vd = _segment_sums(parts.vs, parts.vc, parts.vd, starts)
     return PartialCandles(
