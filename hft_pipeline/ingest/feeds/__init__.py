@@ -1,6 +1,17 @@
 """Tick sources for the ingest service: the deterministic simulator and file replay."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from hft_pipeline.ingest.feeds.base import Feed, ResumePoint
+from hft_pipeline.ingest.feeds.replay import (
+    ReplayFeed,
+    TickFileError,
+    count_rows,
+    file_columns,
+    read_tick_file,
+)
 from hft_pipeline.ingest.feeds.simulator import (
     DEFAULT_SYMBOLS,
     Instrument,
@@ -10,13 +21,47 @@ from hft_pipeline.ingest.feeds.simulator import (
     interval_ns,
 )
 
+if TYPE_CHECKING:
+    from hft_pipeline.settings import Settings
+
+FEED_KINDS = ("simulator", "replay")
+
+
+def make_feed(settings: Settings) -> Feed:
+    """The feed `settings.feed` names, with no symbols subscribed (the service subscribes them).
+
+    For the simulator, `settings.rate` is the total rate of `settings.symbols` (or of the
+    default symbols when none are configured).
+    """
+    if settings.feed == "simulator":
+        return SimulatorFeed(
+            (),
+            include_defaults=False,
+            n_symbols=len(settings.symbols or DEFAULT_SYMBOLS),
+            seed=settings.seed,
+            rate=settings.rate,
+        )
+    if settings.feed == "replay":
+        if not settings.replay_file:
+            raise ValueError("HFT_FEED=replay needs HFT_REPLAY_FILE (a .csv, .csv.gz or .parquet)")
+        return ReplayFeed(settings.replay_file, settings.replay_speed)
+    raise ValueError(f"HFT_FEED={settings.feed!r}: use one of {', '.join(FEED_KINDS)}")
+
+
 __all__ = [
     "DEFAULT_SYMBOLS",
+    "FEED_KINDS",
     "Feed",
     "Instrument",
+    "ReplayFeed",
     "ResumePoint",
     "SimulatorFeed",
+    "TickFileError",
+    "count_rows",
+    "file_columns",
     "generate",
     "instrument_for",
     "interval_ns",
+    "make_feed",
+    "read_tick_file",
 ]
