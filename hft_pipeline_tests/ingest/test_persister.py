@@ -1,0 +1,160 @@
+import time
+
+import numpy as np
+import pandas as pd
+
+from hft_pipeline.ingest.persister import Persister
+from hft_pipeline.ingest.ticklog import TickLog
+from hft_pipeline.market.ticks import TickBatch, concat_batches
+from hft_pipeline.store.base import StoreUnavailableError
+from hft_pipeline.store.sqlite import SqliteStore
+
+
+def batches(n_batches=20, per_batch=333, symbols=("A", "B", "C")):
+    rng = np.random.default_rng(7)
+    out, seq = [], dict.fromkeys(symbols, 0)
+    t = 1_790_000_000_000_000_000
+    for _ in range(n_batches):
+        names = rng.choice(symbols, per_batch)
+        seqs = []
+        for s in names:
+            seqs.append(seq[s])
+            seq[s] += 1
+        ts = t + np.cumsum(rng.integers(1, 10_000_000, per_batch))
+        t = int(ts[-1])
+        out.append(
+            TickBatch.from_columns(
+                names,
+                ts,
+                seqs,
+                np.round(rng.uniform(10, 20, per_batch), 2),
+                rng.uniform(0, 5, per_batch),
+            )
+        )
+    return out
+
+
+def stored(store, symbols=("A", "B", "C")):
+    frames = []
+    for s in symbols:
+        f = store.read_ticks(s)
+        f.insert(0, "symbol", s)
+        frames.append(f)
+    return pd.concat(frames).sort_values(["symbol", "seq"]).reset_index(drop=True)
+
+
+def expected(bs):
+    f = concat_batches(bs).to_frame()
+    return f.sort_values(["symbol", "seq"]).reset_index(drop=True)
+
+
+def wait_for(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_persister_writes_every_tick_once_with_the_offset(tmp_path):
+    log = TickLog(tmp_path / "log", fsync="off")
+    store = SqliteStore(tmp_path / "s.sqlite3")
+    store.migrate()
+    p = Persister(log, store, batch_size=500, batch_timeout_s=0.02)
+    p.start(store.log_offset())
+    bs = batches()
+    for b in bs:
+        log.append(b)
+        p.notify()
+    assert wait_for(lambda: p.offset == log.end_offset)
+    assert p.stop(5)
+    assert store.log_offset() == log.end_offset
+    got, want = stored(store), expected(bs)
+    pd.testing.assert_frame_equal(
+        got[want.columns.drop("bid").drop("ask")], want.drop(columns=["bid", "ask"])
+    )
+    assert p.persisted_ticks == sum(len(b) for b in bs)
+    # batches follow the size rule: 6660 ticks in records of 333 -> writes of >= 500 except the tail
+    assert p.batches <= len(bs)
+    log.close()
+    store.close()
+
+
+def test_small_trickle_is_written_after_the_timeout(tmp_path):
+    log = TickLog(tmp_path / "log", fsync="off")
+    store = SqliteStore(tmp_path / "s.sqlite3")
+    store.migrate()
+    p = Persister(log, store, batch_size=2000, batch_timeout_s=0.05)
+    p.start(0)
+    log.append(batches(1, 10)[0])
+    started = time.monotonic()
+    assert wait_for(lambda: p.persisted_ticks == 10, timeout=5)
+    assert time.monotonic() - started >= 0.04  # waited for more ticks before writing
+    p.stop(1)
+    log.close()
+    store.close()
+
+
+class FlakyStore:
+    """Wraps a store; write_ticks fails while `down` is set (like a cut connection)."""
+
+    def __init__(self, store):
+        self.store = store
+        self.down = True
+        self.attempts = 0
+
+    def write_ticks(self, batch, offset, stream="ticklog"):
+        self.attempts += 1
+        if self.down:
+            raise StoreUnavailableError("connection refused (test)")
+        self.store.write_ticks(batch, offset, stream)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def test_store_outage_retries_with_backoff_and_loses_nothing(tmp_path):
+    log = TickLog(tmp_path / "log", fsync="off")
+    inner = SqliteStore(tmp_path / "s.sqlite3")
+    inner.migrate()
+    store = FlakyStore(inner)
+    p = Persister(
+        log, store, batch_size=100, batch_timeout_s=0.01, retry_initial_s=0.01, retry_max_s=0.05
+    )
+    p.start(0)
+    bs = batches(5, 100)
+    for b in bs:
+        log.append(b)
+    assert wait_for(lambda: p.retries >= 5)
+    assert not p.store_up and inner.log_offset() == 0 and p.persisted_ticks == 0
+    assert "connection refused" in p.last_error
+    store.down = False
+    assert wait_for(lambda: p.offset == log.end_offset)
+    assert p.store_up and p.last_error is None
+    p.stop(2)
+    assert len(stored(inner)) == 500
+    log.close()
+    inner.close()
+
+
+def test_stop_while_store_down_keeps_the_backlog_in_the_log(tmp_path):
+    log = TickLog(tmp_path / "log", fsync="off")
+    inner = SqliteStore(tmp_path / "s.sqlite3")
+    inner.migrate()
+    store = FlakyStore(inner)
+    p = Persister(
+        log, store, batch_size=100, batch_timeout_s=0.01, retry_initial_s=0.01, retry_max_s=0.02
+    )
+    p.start(0)
+    log.append(batches(1, 50)[0])
+    assert wait_for(lambda: p.retries >= 1)
+    assert p.stop(0.2) is False  # deadline passed, nothing persisted, nothing dropped
+    assert inner.log_offset() == 0
+    store.down = False
+    p2 = Persister(log, store, batch_size=100, batch_timeout_s=0.01)
+    p2.start(inner.log_offset())
+    assert wait_for(lambda: p2.persisted_ticks == 50)
+    p2.stop(1)
+    log.close()
+    inner.close()
