@@ -16,11 +16,14 @@ import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
 from hft_pipeline.market.ticks import TickBatch, concat_batches
+
+if TYPE_CHECKING:
+    from hft_pipeline.settings import Settings
 
 __all__ = [
     "FSYNC_POLICIES",
@@ -280,6 +283,16 @@ class TickLog:
                 target=self._flush_loop, name=f"ticklog-flusher:{self.directory.name}", daemon=True
             )
             self._flusher.start()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TickLog:
+        """The log under `settings.log_dir` with the configured fsync policy and segment size."""
+        return cls(
+            settings.log_dir,
+            fsync=settings.log_fsync,
+            fsync_interval_ms=settings.log_fsync_interval_ms,
+            segment_bytes=settings.log_segment_bytes,
+        )
 
     # ------------------------------------------------------------------ recovery
     def _recover(self) -> list[int]:

@@ -572,3 +572,17 @@ def test_a_directory_can_be_open_by_one_log_at_a_time(tmp_path: Path) -> None:
         log.close()
     with TickLog(tmp_path, fsync="off") as again:  # the lock goes with close()
         assert again.end_offset == end
+
+
+def test_from_settings_uses_the_configured_directory_and_policy(tmp_path: Path) -> None:
+    from hft_pipeline.settings import Settings
+
+    settings = Settings.from_env(
+        {"HFT_HOME": str(tmp_path), "HFT_LOG_FSYNC": "always", "HFT_LOG_SEGMENT_BYTES": "4096"}
+    )
+    with TickLog.from_settings(settings) as log:
+        assert log.directory == tmp_path / "ticklog"
+        assert (log.fsync, log.segment_bytes) == ("always", 4096)
+        end = log.append(make_batch(np.random.default_rng(18), 3))
+        assert log.durable_offset == end
+    assert (tmp_path / "ticklog" / f"{0:020d}.log").stat().st_size == end
