@@ -1,0 +1,144 @@
+"""Indicator cache: keys, LRU by bytes, stats, copies, invalidation, Redis round-trip."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+import pytest
+import redis
+
+from hft_pipeline.market import indicators as ind
+from hft_pipeline.market.frames import to_wide
+from hft_pipeline.market.indicator_cache import IndicatorCache, cached_indicator, fingerprint
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def _candles(n: int = 200, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    close = 50 * np.cumprod(1 + rng.normal(0, 0.003, n))
+    idx = pd.date_range("2024-03-01", periods=n, freq="1min", tz="UTC", name="ts")
+    return pd.DataFrame(
+        {"open": close, "high": close * 1.001, "low": close * 0.999, "close": close,
+         "volume": rng.uniform(1, 2, n)},
+        index=idx,
+    )  # fmt: skip
+
+
+def test_fingerprint_tracks_values_index_and_columns() -> None:
+    a = _candles()
+    assert fingerprint(a) == fingerprint(a.copy())
+    b = a.copy()
+    b.iloc[-1, 3] += 1e-9
+    assert fingerprint(a) != fingerprint(b)
+    c = a.copy()
+    c.index = c.index + pd.Timedelta("1min")
+    assert fingerprint(a) != fingerprint(c)
+    assert fingerprint(a) != fingerprint(a.rename(columns={"close": "last"}))
+    assert fingerprint({"close": a}) != fingerprint({"open": a})
+
+
+def test_hits_misses_and_returned_values_are_private_copies() -> None:
+    cache = IndicatorCache(max_bytes=10 * 1024**2)
+    calls = []
+
+    @cached_indicator(cache, "sma")
+    def sma(data: pd.DataFrame, window: int) -> pd.Series:
+        calls.append(window)
+        return data["close"].rolling(window).mean()
+
+    c = _candles()
+    first = sma(c, window=5)
+    first.iloc[10] = -1.0  # a caller mutating its result must not corrupt the cache
+    second = sma(c, window=5)
+    assert calls == [5]
+    assert second.iloc[10] == pytest.approx(c["close"].iloc[6:11].mean())
+    sma(c, window=6)
+    other = c.copy()
+    other.iloc[0, 3] = 1.0
+    sma(other, window=5)  # different data, same params: a miss
+    s = cache.stats
+    assert (s.hits, s.misses, s.entries) == (1, 3, 3)
+    assert s.hit_rate == pytest.approx(0.25)
+    assert calls == [5, 6, 5]
+
+
+def test_lru_is_bounded_by_bytes_and_counts_evictions() -> None:
+    frame = pd.DataFrame(np.ones((1000, 4)))  # 32,000 bytes of values + index
+    size = int(frame.memory_usage(index=True).sum())
+    cache = IndicatorCache(max_bytes=3 * size)
+    for i in range(5):
+        cache.put(f"k{i}", frame * i)
+    cache.get("k2")  # k2 becomes most recent: k3 is evicted next, not k2
+    cache.put("k5", frame)
+    s = cache.stats
+    assert s.evictions == 3 and s.entries == 3 and s.bytes == 3 * size <= cache.max_bytes
+    assert cache.get("k2") is not None and cache.get("k3") is None and cache.get("k4") is not None
+
+
+def test_invalidate_by_symbol_and_indicator_pattern() -> None:
+    cache = IndicatorCache()
+    v = pd.Series([1.0])
+    cache.put(cache.key("rsi_14", {}, "R_10", "f1"), v)
+    cache.put(cache.key("rsi_14", {}, "R_100", "f1"), v)
+    cache.put(cache.key("sma_20", {}, ["R_10", "R_50"], "f1"), v)
+    cache.put(cache.key("sma_50", {}, "R_100", "f1"), v)
+    assert cache.invalidate(symbol="R_10") == 2  # not R_100: symbols are delimited exactly
+    assert cache.stats.entries == 2
+    assert cache.invalidate(indicator="sma_*") == 1
+    assert cache.get(cache.key("rsi_14", {}, "R_100", "f1")) is not None
+
+
+def test_full_indicator_set_through_cache_equals_direct() -> None:
+    cache = IndicatorCache()
+    wide = to_wide({"A": _candles(300, 1), "B": _candles(300, 2)})
+    compute = cached_indicator(cache, "default_set")(ind.compute_wide)
+    direct = ind.compute_wide(wide)
+    got1 = compute(wide)
+    got2 = compute(wide)
+    assert cache.stats.hits == 1 and cache.stats.misses == 1
+    for name, frame in direct.items():
+        pd.testing.assert_frame_equal(got1[name], frame)
+        pd.testing.assert_frame_equal(got2[name], frame)
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    prefix = f"hft-test:{uuid.uuid4().hex}:"
+    yield prefix
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=prefix + "*"))
+    if keys:
+        client.delete(*keys)
+
+
+def test_redis_round_trip_shared_between_instances_with_ttl(redis_prefix: str) -> None:
+    env = {"HFT_REDIS_URL": REDIS_URL, "HFT_INDICATOR_CACHE_TTL_S": "120"}
+    writer = IndicatorCache.from_env(env, prefix=redis_prefix)
+    reader = IndicatorCache.from_env(env, prefix=redis_prefix)  # another process, empty memory
+    wide = to_wide({"A": _candles(120, 3), "B": _candles(120, 4)})
+    value = ind.compute_wide(wide, ["sma_10", "macd_12_26_9"])
+    key = writer.key("set", {"n": 2}, ["A", "B"], fingerprint(wide))
+    writer.put(key, value)
+    series = wide["close"]["A"].rename("close_a")
+    writer.put(writer.key("close", {}, "A", "x"), series)
+
+    client = redis.Redis.from_url(REDIS_URL)
+    assert 0 < client.ttl(key) <= 120
+    got = reader.get(key)
+    assert reader.stats.redis_hits == 1 and reader.stats.hits == 1
+    assert sorted(got) == sorted(value)
+    for name in value:
+        pd.testing.assert_frame_equal(got[name], value[name], check_freq=False)
+    pd.testing.assert_series_equal(
+        reader.get(writer.key("close", {}, "A", "x")), series, check_freq=False
+    )
+    reader.get(key)  # now from memory
+    assert reader.stats.redis_hits == 2 and reader.stats.hits == 3
+
+    assert writer.invalidate(symbol="B") == 2  # memory entry + redis key
+    assert client.exists(key) == 0
+    assert IndicatorCache.from_env(env, prefix=redis_prefix).get(key) is None
