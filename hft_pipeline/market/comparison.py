@@ -1,0 +1,213 @@
+"""Strategy comparison: strategies x symbols x parameters in chunked vectorized sweeps, ranked.
+
+`sweep` runs one strategy's grid over every symbol as the columns of vectorbt simulations, split
+into chunks so memory is bounded by `max_bytes`, not by the grid size. `compare_strategies`
+ranks the best parameter set per (strategy, symbol) and keeps their equity and drawdown curves;
+`render_figures` draws equity curves, underwater curves and one parameter heatmap per strategy
+to PNG files (matplotlib, headless Agg) for Dagster metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hft_pipeline.market.backtest import (
+    METRIC_COLUMNS,
+    BacktestConfig,
+    chunk_columns,
+    run_metrics,
+    simulate,
+)
+from hft_pipeline.market.frames import Wide
+from hft_pipeline.market.strategies import STRATEGIES, Strategy, get_strategy
+
+DEFAULT_MAX_BYTES = 512 * 1024**2
+
+
+def _subset(wide: Wide, symbols: Sequence[str]) -> Wide:
+    return {k: v[list(symbols)] for k, v in wide.items()}
+
+
+def params_label(params: Mapping[str, float]) -> str:
+    """Readable parameter label, e.g. `fast=10, slow=50`."""
+    return ", ".join(f"{k}={v:g}" for k, v in params.items())
+
+
+def sweep(
+    wide: Wide,
+    strategy: Strategy | str,
+    grid: Sequence[Mapping[str, float]] | None = None,
+    config: BacktestConfig | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> pd.DataFrame:
+    """Metrics for every parameter set x symbol, one row each (param columns, symbol, metrics)."""
+    strat = get_strategy(strategy) if isinstance(strategy, str) else strategy
+    config = config or BacktestConfig()
+    grid = [{**strat.defaults, **p} for p in (grid if grid is not None else strat.grid)]
+    symbols = [str(s) for s in wide["close"].columns]
+    n_bars = len(wide["close"])
+    per_chunk = chunk_columns(n_bars, len(grid) * len(symbols), max_bytes)
+    sym_block = min(len(symbols), per_chunk)
+    param_block = max(1, per_chunk // sym_block)
+    parts = []
+    for s0 in range(0, len(symbols), sym_block):
+        sub = _subset(wide, symbols[s0 : s0 + sym_block])
+        for p0 in range(0, len(grid), param_block):
+            entries, exits = strat.sweep_signals(sub, grid[p0 : p0 + param_block])
+            parts.append(run_metrics(sub, entries, exits, config))
+    table = pd.concat(parts).reset_index()
+    table.insert(0, "strategy", strat.name)
+    table.insert(2 + len(strat.defaults), "params", [
+        params_label({k: row[k] for k in strat.defaults}) for _, row in table.iterrows()
+    ])  # fmt: skip
+    return table
+
+
+@dataclass(slots=True)
+class ComparisonResult:
+    """Every run, the ranked best run per (strategy, symbol), and the best runs' curves."""
+
+    runs: dict[str, pd.DataFrame]
+    best: pd.DataFrame
+    equity: pd.DataFrame
+    drawdown: pd.DataFrame
+    rank_by: str
+    init_cash: float
+
+
+def _best_rows(table: pd.DataFrame, rank_by: str) -> pd.DataFrame:
+    score = table[rank_by].astype(float).fillna(-np.inf)
+    idx = score.groupby(table["symbol"], sort=False).idxmax()
+    return table.loc[idx.to_numpy()]
+
+
+def _best_curves(
+    wide: Wide, strat: Strategy, best: pd.DataFrame, config: BacktestConfig
+) -> pd.DataFrame:
+    # Symbols sharing a best parameter set are simulated together: one call per distinct set.
+    entries, exits = [], []
+    for _, rows in best.groupby("params", sort=False):
+        params = {k: rows[k].iloc[0] for k in strat.defaults}
+        e, x = strat.signals(_subset(wide, list(rows["symbol"])), params)
+        entries.append(e)
+        exits.append(x)
+    ent = pd.concat(entries, axis=1)
+    ex = pd.concat(exits, axis=1)
+    equity = simulate(wide, ent, ex, config).value()
+    equity.columns = pd.MultiIndex.from_arrays(
+        [[strat.name] * equity.shape[1], list(equity.columns)], names=["strategy", "symbol"]
+    )
+    return equity
+
+
+def compare_strategies(
+    wide: Wide,
+    strategies: Sequence[str] | None = None,
+    grids: Mapping[str, Sequence[Mapping[str, float]]] | None = None,
+    config: BacktestConfig | None = None,
+    rank_by: str = "sharpe",
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> ComparisonResult:
+    """Sweep each strategy's grid over all symbols; rank the best parameters per strategy and symbol."""
+    config = config or BacktestConfig()
+    names = list(strategies or STRATEGIES)
+    runs: dict[str, pd.DataFrame] = {}
+    bests, curves = [], []
+    for name in names:
+        strat = get_strategy(name)
+        table = sweep(wide, strat, (grids or {}).get(name), config, max_bytes)
+        runs[name] = table
+        best = _best_rows(table, rank_by)
+        bests.append(best[["strategy", "symbol", "params", *METRIC_COLUMNS]])
+        curves.append(_best_curves(wide, strat, best, config))
+    ranked = pd.concat(bests, ignore_index=True)
+    ranked = ranked.sort_values(rank_by, ascending=False, na_position="last", kind="stable")
+    ranked.insert(0, "rank", np.arange(1, len(ranked) + 1))
+    equity = pd.concat(curves, axis=1)
+    drawdown = equity / equity.cummax() - 1.0
+    return ComparisonResult(
+        runs, ranked.reset_index(drop=True), equity, drawdown, rank_by, config.init_cash
+    )
+
+
+def render_figures(result: ComparisonResult, out_dir: Path | str) -> dict[str, Path]:
+    """Write equity, underwater and per-strategy heatmap PNGs; return {figure name: path}."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: Dagster workers have no display
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    growth = result.equity / result.init_cash
+    by_strategy = growth.T.groupby(level="strategy", sort=False).mean().T
+    n_symbols = growth.columns.get_level_values("symbol").nunique()
+    title_suffix = f" (mean of best runs over {n_symbols} symbols)" if n_symbols > 1 else ""
+
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=110)
+    for name in by_strategy.columns:
+        ax.plot(by_strategy.index, by_strategy[name], label=name, linewidth=1.4)
+    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    ax.set(title="Equity growth of best parameters" + title_suffix, ylabel="equity / initial cash")
+    ax.legend(loc="best")
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    paths["equity_curves"] = out / "equity_curves.png"
+    fig.savefig(paths["equity_curves"])
+    plt.close(fig)
+
+    underwater = by_strategy / by_strategy.cummax() - 1.0
+    fig, ax = plt.subplots(figsize=(10, 4), dpi=110)
+    for name in underwater.columns:
+        ax.fill_between(underwater.index, underwater[name] * 100, 0, alpha=0.35, label=name)
+    ax.set(title="Underwater (drawdown from peak)" + title_suffix, ylabel="drawdown [%]")
+    ax.legend(loc="lower left")
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    paths["drawdown"] = out / "drawdown.png"
+    fig.savefig(paths["drawdown"])
+    plt.close(fig)
+
+    for name, table in result.runs.items():
+        params = list(get_strategy(name).defaults)
+        varying = [p for p in params if table[p].nunique() > 1] or params[:1]
+        rows, cols = varying[0], (varying[1] if len(varying) > 1 else None)
+        # Mean over symbols (and over any further parameters): how robust each cell is.
+        heat = table.groupby([rows, cols] if cols else [rows])[result.rank_by].mean()
+        grid = heat.unstack(cols) if cols else heat.to_frame(result.rank_by)
+        fig, ax = plt.subplots(figsize=(6, 4.5), dpi=110)
+        image = ax.imshow(grid.to_numpy(dtype=float), cmap="RdYlGn", aspect="auto")
+        ax.set_xticks(
+            range(grid.shape[1]),
+            [f"{c:g}" if isinstance(c, float) else str(c) for c in grid.columns],
+        )
+        ax.set_yticks(range(grid.shape[0]), [f"{r:g}" for r in grid.index])
+        ax.set(xlabel=cols or "", ylabel=rows, title=f"{name}: mean {result.rank_by} over symbols")
+        for (i, j), v in np.ndenumerate(grid.to_numpy(dtype=float)):
+            ax.text(
+                j, i, "nan" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8
+            )
+        fig.colorbar(image, ax=ax)
+        fig.tight_layout()
+        paths[f"heatmap_{name}"] = out / f"heatmap_{name}.png"
+        fig.savefig(paths[f"heatmap_{name}"])
+        plt.close(fig)
+    return paths
+
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "ComparisonResult",
+    "compare_strategies",
+    "params_label",
+    "render_figures",
+    "sweep",
+]
