@@ -93,6 +93,25 @@ def _frame_columns(frame: pd.DataFrame, fields: tuple[str, ...]) -> dict[str, np
     return {f: frame[f].to_numpy() for f in fields}
 
 
+_bearer = HTTPBearer(auto_error=False)
+
+
+def require_token(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Reject the request unless it carries the bearer token (when HFT_API_TOKEN is set)."""
+    token = request.app.state.service.settings.api_token
+    if not token:
+        return
+    if credentials is None or not secrets.compare_digest(credentials.credentials, token):
+        raise HTTPException(
+            401,
+            "missing or wrong bearer token: send 'Authorization: Bearer <HFT_API_TOKEN>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
 class TickQueries:
     """Answers /ticks: memory serves what it holds completely, the store the rest."""
 
@@ -160,21 +179,7 @@ def create_app(service: IngestService) -> FastAPI:
         description="Real-time ticks and candles with durable persistence.",
     )
     queries = TickQueries(service)
-    bearer = HTTPBearer(auto_error=False)
-
-    def require_token(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> None:
-        token = service.settings.api_token
-        if not token:
-            return
-        if credentials is None or not secrets.compare_digest(credentials.credentials, token):
-            raise HTTPException(
-                401,
-                "missing or wrong bearer token: send 'Authorization: Bearer <HFT_API_TOKEN>'",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
+    app.state.service = service
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         messages = []

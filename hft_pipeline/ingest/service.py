@@ -62,7 +62,9 @@ def build_feed(settings: Settings, symbols: list[str]) -> Feed:
     if settings.feed == "simulator":
         from hft_pipeline.ingest.feeds.simulator import SimulatorFeed
 
-        return SimulatorFeed(symbols, seed=settings.seed, rate=settings.rate, include_defaults=False)
+        return SimulatorFeed(
+            symbols, seed=settings.seed, rate=settings.rate, include_defaults=False
+        )
     if settings.feed == "replay":
         from hft_pipeline.ingest.feeds.replay import ReplayFeed
 
@@ -78,8 +80,11 @@ class IngestService:
         settings: Settings,
         feed: Feed | None = None,
         store: TickStore | None = None,
+        live: bool = True,
     ) -> None:
+        """`live=False` skips ring buffers and live candles (bulk imports need only log -> store)."""
         self.settings = settings
+        self.live = live
         self.feed = feed
         self.store = store
         self.metrics = IngestMetrics()
@@ -124,8 +129,9 @@ class IngestService:
         report = RecoveryReport(truncated_bytes=self.log.truncated_bytes, store_offset=store_offset)
         for batch, next_offset in self.log.replay(self.log.start_offset):
             self.sequencer.process(batch)
-            self.buffers.append(batch)
-            self.candles.update(batch)
+            if self.live:
+                self.buffers.append(batch)
+                self.candles.update(batch)
             self._count_processed(batch)
             report.replayed_ticks += len(batch)
             if next_offset > store_offset:
@@ -180,7 +186,7 @@ class IngestService:
         """The last known tick of each symbol, from memory or else from the store."""
         points: dict[str, ResumePoint] = {}
         for symbol in symbols:
-            last = self.buffers.last(symbol, 1)
+            last = self.buffers.last(symbol, 1) if symbol in self.buffers else {"ts": ()}
             if len(last["ts"]):
                 points[symbol] = ResumePoint(
                     int(last["seq"][0]), int(last["ts"][0]), float(last["price"][0])
@@ -273,12 +279,12 @@ class IngestService:
         assert self.log is not None and self.persister is not None
         self.log.append(accepted)  # durable record first: only then does it count as received
         self._appended_since_start += k
-        self.buffers.append(accepted)
-        stats = self.candles.update(accepted)
-        late = int(getattr(stats, "late", 0))
-        if late:
-            self.counters.late += late
-            self.metrics.ticks_late.inc(late)
+        if self.live:
+            self.buffers.append(accepted)
+            late = self.candles.update(accepted).late
+            if late:
+                self.counters.late += late
+                self.metrics.ticks_late.inc(late)
         self.counters.accepted += k
         self._count_processed(accepted)
         self.silence.observe(accepted, time.time_ns())
@@ -343,14 +349,14 @@ class IngestService:
             if ident is not None and ident < len(self.metrics.processed_by_symbol.values)
             else 0
         )
-        last = self.buffers.last(symbol, 1)
+        last = self.buffers.stats(symbol)
         seq_id = self.sequencer.index.get(symbol)
         gaps = self.gaps_by_symbol().get(symbol, {"seq": 0, "silence": 0})
         return {
             "ticks_processed": processed,
             "ticks_in_memory": self.buffers.count(symbol),
-            "last_price": float(last["price"][0]) if len(last["price"]) else None,
-            "last_ts": int(last["ts"][0]) if len(last["ts"]) else None,
+            "last_price": last.last_price,
+            "last_ts": last.last_ts,
             "last_seq": self.sequencer.last_seq(symbol),
             "duplicates": int(self.sequencer.duplicates[seq_id]) if seq_id is not None else 0,
             "gaps": gaps,
