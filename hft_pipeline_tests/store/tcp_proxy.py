@@ -13,6 +13,7 @@ connection lost around a commit.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from dataclasses import dataclass
@@ -46,10 +47,8 @@ class _Pair:
 
     def close(self) -> None:
         for sock in (self.client, self.upstream):
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             sock.close()
 
 
@@ -202,6 +201,7 @@ class TcpProxy:
         """Cut immediately and mark the pending `cut_at` trigger as fired."""
         with self._lock:
             trigger = self._trigger
-        self.cut()
+        # Set first: the client may see the closed socket before this thread runs again.
         if trigger is not None:
             trigger.fired.set()
+        self.cut()
