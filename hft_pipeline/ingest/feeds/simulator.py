@@ -361,21 +361,23 @@ class SimulatorFeed:
         self._resume: dict[str, ResumePoint] = {}
         self._row: dict[str, int] = {}
         self._names: list[str] = []
-        n = 0
-        self._keys = np.empty((n, 3), np.uint64)  # shock, coarse, aux
-        self._p0 = np.empty(n)
-        self._sigma = np.empty(n)
-        self._inv_tick = np.empty(n)
-        self._lot = np.empty(n)
-        self._lots_mean = np.empty(n)
-        self._t0 = np.empty(n, np.int64)
-        self._next_k = np.empty(n, np.int64)
-        self._last_ts = np.empty(n, np.int64)
-        self._active = np.empty(n, bool)
-        self._started = np.empty(n, bool)  # emitted or anchored in this session
-        self._block = np.empty(n, np.int64)  # first cached block, -1 for none
-        self._ends = np.empty((n, 3))  # E_block, E_block+1, E_block+2
-        self._cache = np.empty((n, 2 * BLOCK), np.int64)  # price ticks of two blocks
+        # Per-symbol state lives in arrays indexed by row, allocated with spare capacity so
+        # subscribing one symbol at a time stays cheap; rows past len(self._names) are unused.
+        self._keys = np.zeros((0, 3), np.uint64)  # shock, coarse, aux
+        self._p0 = np.zeros(0)
+        self._sigma = np.zeros(0)
+        self._inv_tick = np.ones(0)
+        self._lot = np.zeros(0)
+        self._lots_mean = np.zeros(0)
+        self._t0 = np.zeros(0, np.int64)
+        self._next_k = np.zeros(0, np.int64)
+        self._last_ts = np.zeros(0, np.int64)
+        self._active = np.zeros(0, bool)
+        self._started = np.zeros(0, bool)  # emitted or anchored in this session
+        self._block = np.zeros(0, np.int64)  # first cached block, -1 for none
+        self._ends = np.zeros((0, 3))  # E_block, E_block+1, E_block+2
+        self._cache = np.zeros((0, 2 * BLOCK), np.int64)  # price ticks of two blocks
+        self._grow(max(8, len(initial)))
         for s in initial:
             self.subscribe(s)
 
@@ -468,11 +470,11 @@ class SimulatorFeed:
         self._next_k[rows] += n_due
 
         price_ticks = self._cache[r, k - self._block[r] * BLOCK]
-        present = np.zeros(len(self._names), bool)
+        present = np.zeros(self._t0.shape[0], bool)
         present[rows[has]] = True
         local = np.cumsum(present) - 1
         batch = _assemble(
-            tuple(self._names[i] for i in np.flatnonzero(present)),
+            tuple([self._names[i] for i in np.flatnonzero(present).tolist()]),
             local[r].astype(np.int32),
             k,
             base_ts,
@@ -480,9 +482,11 @@ class SimulatorFeed:
             aux,
             self._inv_tick[r],
             self.bad_every,
-        ).take(due)
-        order = np.argsort(batch.ts, kind="stable")
-        return batch.take(order), backlog
+        )
+        # Time order across symbols; any sort keeps each symbol's order (its ts strictly increase).
+        index = np.flatnonzero(due)
+        index = index[np.argsort(batch.ts[index])]
+        return batch.take(index), backlog
 
     def expected(self, symbol: str, k_start: int, k_end: int) -> TickBatch:
         """What this feed emits for ticks k_start <= k < k_end of `symbol` under its current anchor."""
@@ -511,29 +515,44 @@ class SimulatorFeed:
 
     # -- internals ------------------------------------------------------------------------------
 
+    _ROW_ARRAYS = (
+        ("_keys", 0),
+        ("_p0", 0.0),
+        ("_sigma", 0.0),
+        ("_inv_tick", 1.0),
+        ("_lot", 0.0),
+        ("_lots_mean", 0.0),
+        ("_t0", _UNANCHORED),
+        ("_next_k", 0),
+        ("_last_ts", _UNANCHORED),
+        ("_active", False),
+        ("_started", False),
+        ("_block", -1),
+        ("_ends", 0.0),
+        ("_cache", 0),
+    )
+
+    def _grow(self, capacity: int) -> None:
+        for attr, fill in self._ROW_ARRAYS:
+            old = getattr(self, attr)
+            new = np.full((capacity, *old.shape[1:]), fill, dtype=old.dtype)
+            new[: old.shape[0]] = old
+            setattr(self, attr, new)
+
     def _add_row(self, symbol: str) -> int:
-        inst = instrument_for(symbol)
         row = len(self._names)
+        if row == self._t0.shape[0]:
+            self._grow(2 * row)
+        inst = instrument_for(symbol)
         self._row[symbol] = row
         self._names.append(symbol)
-        keys = [
-            stream_key(self.seed, symbol, s) for s in (_STREAM_SHOCK, _STREAM_COARSE, _STREAM_AUX)
-        ]
-        # Subscriptions are rare: growing the per-symbol arrays by one row is fine here.
-        self._keys = np.vstack([self._keys, np.array([keys], np.uint64)])
-        self._p0 = np.append(self._p0, inst.p0_ticks)
-        self._sigma = np.append(self._sigma, inst.sigma)
-        self._inv_tick = np.append(self._inv_tick, float(inst.inv_tick))
-        self._lot = np.append(self._lot, inst.lot)
-        self._lots_mean = np.append(self._lots_mean, inst.lots_mean)
-        self._t0 = np.append(self._t0, _UNANCHORED)
-        self._next_k = np.append(self._next_k, 0)
-        self._last_ts = np.append(self._last_ts, _UNANCHORED)
-        self._active = np.append(self._active, False)
-        self._started = np.append(self._started, False)
-        self._block = np.append(self._block, -1)
-        self._ends = np.vstack([self._ends, np.zeros((1, 3))])
-        self._cache = np.vstack([self._cache, np.zeros((1, 2 * BLOCK), np.int64)])
+        for i, stream in enumerate((_STREAM_SHOCK, _STREAM_COARSE, _STREAM_AUX)):
+            self._keys[row, i] = stream_key(self.seed, symbol, stream)
+        self._p0[row] = inst.p0_ticks
+        self._sigma[row] = inst.sigma
+        self._inv_tick[row] = float(inst.inv_tick)
+        self._lot[row] = inst.lot
+        self._lots_mean[row] = inst.lots_mean
         return row
 
     def _anchor(self, now: int) -> None:
