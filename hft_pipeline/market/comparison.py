@@ -54,13 +54,17 @@ def sweep(
     per_chunk = chunk_columns(n_bars, len(grid) * len(symbols), max_bytes)
     sym_block = min(len(symbols), per_chunk)
     param_block = max(1, per_chunk // sym_block)
-    parts = []
+    parts, order = [], []
     for s0 in range(0, len(symbols), sym_block):
-        sub = _subset(wide, symbols[s0 : s0 + sym_block])
+        sub_symbols = np.arange(s0, min(s0 + sym_block, len(symbols)))
+        sub = _subset(wide, [symbols[i] for i in sub_symbols])
         for p0 in range(0, len(grid), param_block):
+            p_idx = np.arange(p0, min(p0 + param_block, len(grid)))
             entries, exits = strat.sweep_signals(sub, grid[p0 : p0 + param_block])
             parts.append(run_metrics(sub, entries, exits, config))
-    table = pd.concat(parts).reset_index()
+            order.append((p_idx[:, None] * len(symbols) + sub_symbols[None, :]).ravel())
+    # Same row order whatever the chunking: grid order outermost, then symbols.
+    table = pd.concat(parts).iloc[np.argsort(np.concatenate(order))].reset_index()
     table.insert(0, "strategy", strat.name)
     table.insert(2 + len(strat.defaults), "params", [
         params_label({k: row[k] for k in strat.defaults}) for _, row in table.iterrows()
