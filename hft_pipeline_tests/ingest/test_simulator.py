@@ -358,3 +358,15 @@ async def test_close_ends_an_idle_iterator_promptly() -> None:
     await asyncio.sleep(0.05)
     await feed.close()
     assert await asyncio.wait_for(task, 1.0) == 0
+
+
+def test_a_symbol_subscribed_at_run_time_with_history_continues_without_backlog() -> None:
+    feed = SimulatorFeed(seed=2, rate=1000.0)
+    run_fake_clock(feed, T0, T0 + 50 * MS, 2 * MS)
+    # The service knows VALE9 from an earlier session that ended an hour ago.
+    feed.resume_from({"VALE9": ResumePoint(seq=500, ts=T0 - 3600 * 10**9, price=20.0)})
+    feed.subscribe("VALE9")
+    out = per_symbol(run_fake_clock(feed, T0 + 52 * MS, T0 + 152 * MS, 2 * MS), "VALE9")
+    assert out.seq[0] == 501 and out.ts[0] >= T0 + 52 * MS
+    assert len(out) <= 21  # 100 ms at 200 ticks/s, not an hour of backlog
+    assert_same_ticks(out, feed.expected("VALE9", 501, 501 + len(out)))

@@ -327,8 +327,9 @@ class SimulatorFeed:
     so symbols subscribed later add their own ticks on top. Each symbol has its own anchor t0:
     `now` when it first starts at k = 0, or, after `resume_from`, the t0 that puts its last
     known tick where the store has it; the ticks missed during downtime are then emitted at
-    full speed (deterministic backlog). A symbol unsubscribed and subscribed again in the same
-    session continues its sequence from `now`, with no backlog.
+    full speed (deterministic backlog). Resume points given after the first poll (a symbol
+    subscribed at run time) and symbols unsubscribed and subscribed again continue their
+    sequence from `now` instead, with no backlog for the time they were off.
     """
 
     def __init__(
@@ -358,6 +359,8 @@ class SimulatorFeed:
         self.bad_every = int(bad_every)
         self._clock = clock
         self._closed = False
+        self._polled = False  # the session has begun: later resume points mean no backlog
+        self._live_resume: set[str] = set()
         self._resume: dict[str, ResumePoint] = {}
         self._row: dict[str, int] = {}
         self._names: list[str] = []
@@ -407,6 +410,8 @@ class SimulatorFeed:
     def resume_from(self, last: dict[str, ResumePoint]) -> None:
         """Continue each symbol at seq + 1 with timestamps anchored so its last tick keeps its ts."""
         self._resume.update(last)
+        if self._polled:
+            self._live_resume.update(last)
         for symbol in last:
             row = self._row.get(symbol)
             if row is not None and not self._started[row]:
@@ -441,6 +446,7 @@ class SimulatorFeed:
         Per symbol at most min(BLOCK, max_batch / active symbols) ticks are returned per call.
         """
         self._anchor(now)
+        self._polled = True
         act = np.flatnonzero(self._active & (self._t0 <= now))
         if act.size == 0:
             return TickBatch.empty(), False
@@ -564,6 +570,13 @@ class SimulatorFeed:
                 # Re-subscribed in this session: go on from now, after the last emitted tick.
                 start = max(now, int(self._last_ts[row]) + 1)
                 self._t0[row] = start - int(self._next_k[row]) * self.interval_ns
+            elif point is not None and symbol in self._live_resume:
+                # Subscribed while running (say, again after a restart): no backlog for the
+                # time it was unsubscribed; go on from now after its last known tick.
+                start = max(now, int(point.ts) + 1)
+                self._t0[row] = start - (int(point.seq) + 1) * self.interval_ns
+                self._next_k[row] = int(point.seq) + 1
+                self._last_ts[row] = int(point.ts)
             elif point is not None:
                 k_last = int(point.seq)
                 jitter = _aux(
