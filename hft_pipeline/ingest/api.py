@@ -182,14 +182,15 @@ def create_app(service: IngestService) -> FastAPI:
     app.state.service = service
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        messages = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-            messages.append(f"{where}: {err.get('msg')}")
-        return JSONResponse(
-            status_code=422,
-            content={"detail": "; ".join(messages), "errors": exc.errors()},
+        errors = [
+            {"loc": list(err.get("loc", ())), "msg": str(err.get("msg")), "type": err.get("type")}
+            for err in exc.errors()
+        ]
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
+            for e in errors
         )
+        return JSONResponse(status_code=422, content={"detail": detail, "errors": errors})
 
     @app.post("/subscribe", dependencies=[Depends(require_token)])
     async def subscribe(request: SubscribeRequest) -> dict[str, Any]:

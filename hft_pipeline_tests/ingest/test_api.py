@@ -1,0 +1,197 @@
+"""The ingest API on a real loopback server: endpoints, bad input, auth, subscriptions."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from hft_pipeline.market.candles import resample_reference
+from hft_pipeline.market.ticks import TickBatch
+from hft_pipeline.settings import Settings
+from hft_pipeline_tests.ingest.harness import ScriptedFeed, running_service
+
+NOW_S = time.time_ns() // 10**9
+
+
+def ticks(symbol: str, n: int, start_s: int = NOW_S - 600, seq0: int = 0) -> TickBatch:
+    ts = start_s * 10**9 + np.arange(n) * 250_000_000  # 4 ticks/s
+    price = np.round(50 + np.sin(np.arange(n) / 7), 2)
+    return TickBatch.from_columns(symbol, ts, np.arange(seq0, seq0 + n), price, np.full(n, 100.0))
+
+
+@pytest.fixture
+def svc(tmp_path):
+    feed = ScriptedFeed([ticks("PETR4", 2000), ticks("VALE3", 500)])
+    settings = Settings(home=tmp_path / "home", symbols=("PETR4", "VALE3"), api_token="s3cret")
+    with running_service(settings, feed=feed) as running:
+        running.http.headers["Authorization"] = "Bearer s3cret"
+        running.wait(lambda: running.service.counters.accepted == 2500)
+        yield running
+
+
+def test_raw_ticks_most_recent_first_with_limit(svc):
+    body = svc.get("/ticks/PETR4", limit=5).json()
+    assert body["count"] == 5 and body["timeframe"] == "raw"
+    assert [r["seq"] for r in body["data"]] == [1999, 1998, 1997, 1996, 1995]
+    assert body["data"][0]["time"].endswith("Z")
+    asc = svc.get("/ticks/PETR4", limit=3, order="asc").json()
+    assert [r["seq"] for r in asc["data"]] == [0, 1, 2]
+
+
+def test_time_range_accepts_ns_and_iso(svc):
+    start_ns = (NOW_S - 600) * 10**9
+    by_ns = svc.get(
+        "/ticks/PETR4", start=str(start_ns), end=str(start_ns + 10**9), order="asc"
+    ).json()
+    assert [r["seq"] for r in by_ns["data"]] == [0, 1, 2, 3]
+    iso = np.datetime_as_string(np.datetime64(start_ns, "ns"), unit="s") + "Z"
+    by_iso = svc.get("/ticks/PETR4", start=iso, limit=2, order="asc").json()
+    assert [r["seq"] for r in by_iso["data"]] == [0, 1]
+
+
+def test_candles_equal_pandas_resample(svc):
+    frame = ticks("PETR4", 2000).to_frame()
+    for tf in ("1s", "15s", "1m"):
+        body = svc.get("/ticks/PETR4", timeframe=tf, limit=100_000, order="asc").json()
+        want = resample_reference(frame, tf)
+        got = [
+            (r["ts"], r["open"], r["high"], r["low"], r["close"], r["volume"], r["ticks"])
+            for r in body["data"]
+        ]
+        exp = (
+            list(
+                zip(
+                    want["ts"].astype("int64"),
+                    want["open"],
+                    want["high"],
+                    want["low"],
+                    want["close"],
+                    want["volume"],
+                    want["ticks"],
+                    strict=True,
+                )
+            )
+            if "ts" in want
+            else None
+        )
+        assert exp is not None
+        assert got == exp
+        assert body["data"][-1]["closed"] is False and all(r["closed"] for r in body["data"][:-1])
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status", "needle"),
+    [
+        ("/ticks/bad|sym", {}, 422, "symbol"),
+        ("/ticks/PETR4", {"timeframe": "2m"}, 422, "timeframe"),
+        ("/ticks/PETR4", {"limit": 0}, 422, "limit"),
+        ("/ticks/PETR4", {"limit": 100_001}, 422, "limit"),
+        ("/ticks/PETR4", {"limit": "many"}, 422, "limit"),
+        ("/ticks/PETR4", {"start": "yesterday-ish"}, 422, "start"),
+        ("/ticks/PETR4", {"start": "2026-01-02", "end": "2026-01-01"}, 422, "before"),
+        ("/ticks/NOPE", {}, 404, "NOPE"),
+        ("/ticks/PETR4", {"order": "sideways"}, 422, "order"),
+    ],
+)
+def test_bad_query_gets_4xx_with_a_message(svc, path, params, status, needle):
+    r = svc.get(path, **params)
+    assert r.status_code == status, r.text
+    assert needle in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"symbol": "a b"}, "invalid symbol"),
+        ({"symbol": "A,B"}, "invalid symbol"),
+        ({"symbol": "x" * 40}, "invalid symbol"),
+        ({}, "symbol"),
+        ({"symbol": 5}, "symbol"),
+        ([1, 2], "body"),
+    ],
+)
+def test_bad_subscribe_body_gets_422(svc, body, needle):
+    r = svc.post("/subscribe", body)
+    assert r.status_code == 422, r.text
+    assert needle in r.json()["detail"]
+
+
+def test_malformed_json_gets_422(svc):
+    r = svc.http.post(
+        svc.url + "/subscribe", data=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 422 and "JSON" in r.json()["detail"]
+
+
+def test_mutating_endpoints_need_the_token(svc):
+    r = svc.http.post(
+        svc.url + "/subscribe", json={"symbol": "ITUB4"}, headers={"Authorization": "Bearer nope"}
+    )
+    assert r.status_code == 401 and "bearer token" in r.json()["detail"]
+    del svc.http.headers["Authorization"]
+    assert svc.post("/unsubscribe", {"symbol": "PETR4"}).status_code == 401
+    assert svc.get("/status").status_code == 200  # reads stay open
+
+
+def test_subscribe_unsubscribe_and_list(svc):
+    r = svc.post("/subscribe", {"symbol": "ITUB4", "exchange": "B3"})
+    assert r.status_code == 200 and r.json()["status"] == "subscribed"
+    assert (
+        svc.post("/subscribe", {"symbol": "ITUB4", "exchange": "B3"}).json()["status"]
+        == "already subscribed"
+    )
+    subs = {s["symbol"]: s for s in svc.get("/subscriptions").json()["subscriptions"]}
+    assert set(subs) == {"PETR4", "VALE3", "ITUB4"}
+    assert subs["PETR4"]["ticks_processed"] == 2000 and subs["PETR4"]["last_seq"] == 1999
+    assert subs["ITUB4"]["exchange"] == "B3" and subs["ITUB4"]["ticks_processed"] == 0
+    assert "ITUB4" in svc.service.feed.subscribed
+    assert svc.post("/unsubscribe", {"symbol": "ITUB4"}).json()["status"] == "unsubscribed"
+    assert svc.post("/unsubscribe", {"symbol": "ITUB4"}).status_code == 404
+    assert [s.symbol for s in svc.service.store.subscriptions()] == ["PETR4", "VALE3"]
+
+
+def test_status_health_metrics_test(svc):
+    status = svc.get("/status").json()
+    assert status["ticks"]["accepted"] == 2500 and status["persistence"]["store_up"] is True
+    assert svc.get("/health").json()["status"] == "ok"
+    text = svc.get("/metrics").text
+    assert 'hft_ticks_processed_total{symbol="PETR4"} 2000.0' in text
+    assert "hft_ticks_received_total 2500.0" in text
+    assert 'hft_ticks_rejected_total{reason="bad_symbol"} 0.0' in text
+    assert (
+        "hft_tick_processing_seconds_bucket" in text
+        and "hft_persist_batch_duration_seconds" in text
+    )
+    assert svc.get("/test").json()["message"]
+    assert svc.get("/docs").status_code == 200
+    assert "/ticks/{symbol}" in svc.get("/openapi.json").json()["paths"]
+
+
+def test_malformed_feed_records_are_rejected_and_counted(svc):
+    bad = TickBatch.from_columns(
+        ["PETR4", "PETR4", "bad sym", "PETR4"],
+        [(NOW_S - 1) * 10**9] * 3 + [(NOW_S + 3600) * 10**9],
+        [5000, 5001, 0, 5002],
+        [np.nan, -1.0, 1.0, 1.0],
+        [1.0, 1.0, 1.0, 1.0],
+    )
+    svc.service.feed.push(bad)
+    svc.wait(lambda: svc.service.counters.received == 2504)
+    rejected = svc.get("/status").json()["ticks"]["rejected"]
+    assert rejected["non_finite_price"] == 1 and rejected["non_positive_price"] == 1
+    assert rejected["bad_symbol"] == 1 and rejected["future_timestamp"] == 1
+    assert svc.get("/health").status_code == 200
+
+
+def test_subscriptions_are_restored_on_restart(tmp_path):
+    settings = Settings(home=tmp_path / "home", symbols=("PETR4",))
+    with running_service(settings, feed=ScriptedFeed()) as svc:
+        svc.post("/subscribe", {"symbol": "frxEURUSD", "exchange": "FX"})
+    with running_service(settings.with_(symbols=()), feed=ScriptedFeed()) as svc:
+        subs = {
+            s["symbol"]: s["exchange"] for s in svc.get("/subscriptions").json()["subscriptions"]
+        }
+        assert subs == {"PETR4": "SIM", "frxEURUSD": "FX"}
+        assert set(svc.service.feed.subscribed) == {"PETR4", "frxEURUSD"}
