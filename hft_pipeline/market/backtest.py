@@ -140,6 +140,10 @@ def simulate(
     else:
         price = ohlc["close"]
     index = wide["close"].index
+    if isinstance(index, pd.DatetimeIndex) and index.tz is not None:
+        # vectorbt checks shapes via np.asarray(index), which boxes every tz-aware timestamp
+        # into a Python object (seconds per call on 1M bars); naive UTC is a plain int64 array.
+        index = index.tz_convert(None)
     wrap = {"index": index, "columns": entries.columns}
     close = pd.DataFrame(ohlc["close"], **wrap)
     stop = config.trailing_stop if config.trailing_stop is not None else config.sl_stop
@@ -237,10 +241,10 @@ def metrics(pf: vbt.Portfolio, config: BacktestConfig) -> pd.DataFrame:
     return pd.DataFrame(values, index=pf.wrapper.columns)[list(METRIC_COLUMNS)]
 
 
-def trade_list(pf: vbt.Portfolio) -> pd.DataFrame:
+def trade_list(pf: vbt.Portfolio, index: pd.Index | None = None) -> pd.DataFrame:
     """Every trade (closed and still open) with entry/exit times, prices, size, PnL and return."""
     rec = pf.exit_trades.values
-    index = pf.wrapper.index
+    index = pf.wrapper.index if index is None else index
     columns = pf.wrapper.columns
     frame = pd.DataFrame(
         {
@@ -270,9 +274,10 @@ def run_backtest(
     """Simulate and collect metrics, equity, drawdown and trades for every column."""
     config = config or BacktestConfig()
     pf = simulate(wide, entries, exits, config)
-    equity = pf.value()
+    index = wide["close"].index  # tz-aware again (simulate hands vectorbt naive UTC)
+    equity = pd.DataFrame(pf.value().to_numpy(), index=index, columns=pf.wrapper.columns)
     drawdown = equity / equity.cummax() - 1.0
-    return BacktestResult(pf, metrics(pf, config), equity, drawdown, trade_list(pf))
+    return BacktestResult(pf, metrics(pf, config), equity, drawdown, trade_list(pf, index))
 
 
 def chunk_columns(n_bars: int, n_columns: int, max_bytes: int, arrays_per_cell: int = 24) -> int:

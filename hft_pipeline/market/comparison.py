@@ -103,6 +103,7 @@ def _best_curves(
     ent = pd.concat(entries, axis=1)
     ex = pd.concat(exits, axis=1)
     equity = simulate(wide, ent, ex, config).value()
+    equity.index = wide["close"].index
     equity.columns = pd.MultiIndex.from_arrays(
         [[strat.name] * equity.shape[1], list(equity.columns)], names=["strategy", "symbol"]
     )

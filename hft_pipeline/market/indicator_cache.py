@@ -66,13 +66,13 @@ def fingerprint(data: Any) -> str:
 
 
 def _nbytes(value: Value) -> int:
+    # Shallow size from dtypes (object columns count their pointers); DataFrame.memory_usage
+    # builds a Series per column and costs more than the copy it sizes.
     if isinstance(value, dict):
         return sum(_nbytes(v) for v in value.values())
-    return (
-        int(value.memory_usage(index=True, deep=False).sum())
-        if isinstance(value, pd.DataFrame)
-        else int(value.memory_usage(index=True, deep=False))
-    )
+    if isinstance(value, pd.Series):
+        return int(value.index.nbytes + value.nbytes)
+    return int(value.index.nbytes + len(value) * sum(dt.itemsize for dt in value.dtypes))
 
 
 def _copy(value: Value) -> Value:
