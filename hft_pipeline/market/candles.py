@@ -214,8 +214,10 @@ def _empty_partials() -> PartialCandles:
 def rollup(parts: PartialCandles, tf_ns: int | np.ndarray) -> PartialCandles:
     """Merge partial candles into coarser buckets (`tf_ns` a multiple of theirs, scalar or per row).
 
-    Rows must be ordered by (group, ts) within each run of equal `group`, as `partial_candles` and
-    `rollup` return them; runs of different groups may come in any order.
+    Rows must hold one partial per finer bucket, ordered by (group, ts) within each run of equal
+    `group`, as `partial_candles` and `rollup` return them (open/close are taken from the first/last
+    row, so overlapping partials of the same bucket must be merged by key first, as LiveCandles
+    does); runs of different groups may come in any order.
     """
     n = len(parts)
     if n == 0:
@@ -315,11 +317,15 @@ def resample_reference(ticks: pd.DataFrame, timeframe: str) -> pd.DataFrame:
                 "high": p.max(),
                 "low": p.min(),
                 "close": p.last(),
-                "volume": volume.resample(rule, closed="left", label="left").agg(math.fsum),
                 "ticks": p.count(),
             }
         )
         res = res[res["ticks"] > 0]  # resample emits empty bins; a candle needs a tick
+        # fsum over resample's own non-empty bins: the sorted ticks split by the bin counts
+        # (agg(math.fsum) would also call Python for every empty bin).
+        bounds = np.cumsum(res["ticks"].to_numpy())[:-1]
+        res["volume"] = [math.fsum(v) for v in np.split(volume.to_numpy(), bounds)]
+        res = res[["open", "high", "low", "close", "volume", "ticks"]]
         res.insert(0, "ts", res.index.as_unit("ns").asi8)
         if has_symbol:
             res.insert(0, "symbol", name)
