@@ -12,10 +12,10 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from hft_pipeline.ingest.buffers import TickBuffers
+from hft_pipeline.ingest.feeds import make_feed
 from hft_pipeline.ingest.feeds.base import Feed, ResumePoint
 from hft_pipeline.ingest.live_candles import LiveCandles
 from hft_pipeline.ingest.persister import Persister
@@ -55,21 +55,6 @@ class Counters:
     missing_seqs: int = 0
     batches: int = 0
     started_ns: int = field(default_factory=time.time_ns)
-
-
-def build_feed(settings: Settings, symbols: list[str]) -> Feed:
-    """The feed named by `settings.feed`, producing `symbols` (simulator) or a file (replay)."""
-    if settings.feed == "simulator":
-        from hft_pipeline.ingest.feeds.simulator import SimulatorFeed
-
-        return SimulatorFeed(
-            symbols, seed=settings.seed, rate=settings.rate, include_defaults=False
-        )
-    if settings.feed == "replay":
-        from hft_pipeline.ingest.feeds.replay import ReplayFeed
-
-        return ReplayFeed(Path(settings.replay_file), speed=settings.replay_speed)
-    raise ValueError(f"unknown feed {settings.feed!r}: use simulator or replay")
 
 
 class IngestService:
@@ -173,7 +158,7 @@ class IngestService:
             self.store.add_subscription(symbol, exchange)
         self.exchanges = dict(wanted)
         if self.feed is None:
-            self.feed = build_feed(self.settings, list(wanted))
+            self.feed = make_feed(self.settings, list(wanted))
         self.feed.resume_from(self.resume_points(list(wanted)))
         for symbol in wanted:
             self.feed.subscribe(symbol)

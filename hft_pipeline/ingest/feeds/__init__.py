@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from hft_pipeline.ingest.feeds.base import Feed, ResumePoint
@@ -27,17 +28,17 @@ if TYPE_CHECKING:
 FEED_KINDS = ("simulator", "replay")
 
 
-def make_feed(settings: Settings) -> Feed:
+def make_feed(settings: Settings, symbols: Sequence[str] | None = None) -> Feed:
     """The feed `settings.feed` names, with no symbols subscribed (the service subscribes them).
 
-    For the simulator, `settings.rate` is the total rate of `settings.symbols` (or of the
-    default symbols when none are configured).
+    For the simulator, `settings.rate` is the total rate over `symbols` (the subscriptions the
+    service restores), else over `settings.symbols`, else over the default symbols.
     """
     if settings.feed == "simulator":
         return SimulatorFeed(
             (),
             include_defaults=False,
-            n_symbols=len(settings.symbols or DEFAULT_SYMBOLS),
+            n_symbols=len(symbols or settings.symbols or DEFAULT_SYMBOLS),
             seed=settings.seed,
             rate=settings.rate,
         )
