@@ -148,9 +148,10 @@ class LiveCandles:
         closed = int(np.count_nonzero((p.ts > old_latest) & (p.ts < new_latest)))
         closed += int(np.count_nonzero((old_run != _NONE) & (new_run > old_run)))
         keep = p.ts > new_latest - self._slots * tf
-        # Windows nest (a coarser window reaches further back), so a tick dropped from any
-        # timeframe is dropped from the finest one: counting there counts each tick once.
-        dropped = int(p.ticks[finest & ~keep].sum())
+        # Only late ticks count as dropped: in-order ticks evicted by newer ones of the same batch
+        # were simply aged out. Windows nest (a coarser window reaches further back), so a tick
+        # dropped from any timeframe is dropped from the finest one: count there, once per tick.
+        dropped = int(p.ticks[finest & ~keep & (p.ts < old_latest)].sum())
         if not np.all(keep):
             p, rows, tf = p.take(keep), rows[keep], tf[keep]
 
