@@ -144,3 +144,16 @@ def candle_tick_range(
         return None if value is None else -((-int(value)) // tf_ns) * tf_ns
 
     return ceil_align(start_ns), ceil_align(end_ns)
+
+
+def recent_buckets_start(max_ts: int, tf_ns: int, limit: int, hi: int | None) -> int | None:
+    """Tick-time lower bound spanning exactly the `limit` newest buckets up to `hi` (exclusive).
+
+    If that window holds `limit` candles they are the newest ones; with gaps it holds fewer and
+    the caller must fall back to the full range. None when the window would overflow int64.
+    """
+    top = max_ts if hi is None else min(max_ts, hi - 1)
+    span = (limit - 1) * tf_ns
+    if span > 2**62:
+        return None
+    return (top // tf_ns) * tf_ns - span

@@ -25,6 +25,7 @@ from hft_pipeline.store.base import (
     Subscription,
     Watermark,
     candle_tick_range,
+    recent_buckets_start,
     symbol_totals,
 )
 from hft_pipeline.store.copy import TICK_COPY_COLUMNS, decode_fixed_rows, encode_ticks
@@ -347,19 +348,45 @@ class PostgresStore:
             ident = self._lookup_symbol(symbol)
             if ident is None or (limit is not None and limit <= 0):
                 return _frame(np.empty(0, _native(_CANDLE_FIELDS)), CANDLE_COLUMNS)
-            where, params = _time_filter(ident, lo, hi)
-            params["tf"] = tf
-            direction = "desc" if descending else "asc"
-            # Floor (not truncating) division keeps buckets epoch-aligned before 1970 too.
-            query = (
-                "select b, (array_agg(price order by ts_ns, seq))[1], max(price), min(price), "
-                "(array_agg(price order by ts_ns desc, seq desc))[1], sum(volume), count(*) "
-                "from (select ts_ns - mod(mod(ts_ns, %(tf)s) + %(tf)s, %(tf)s) as b, "
-                f"ts_ns, seq, price, volume from ticks where {where}) as t "
-                f"group by b order by b {direction}" + _limit(limit, params)
-            )
-            rows = self._fetch_copy(query, params, _CANDLE_FIELDS)
+            if descending and limit is not None and lo is None:
+                # The API asks for the newest N candles: try the window that holds exactly N
+                # buckets below the newest tick before aggregating the whole history.
+                window_lo = self._window_start(ident, tf, limit, hi)
+                if window_lo is not None:
+                    rows = self._candle_rows(ident, tf, window_lo, hi, limit, descending)
+                    if len(rows) == limit:
+                        return _frame(rows, CANDLE_COLUMNS)
+            rows = self._candle_rows(ident, tf, lo, hi, limit, descending)
         return _frame(rows, CANDLE_COLUMNS)
+
+    def _window_start(self, ident: int, tf: int, limit: int, hi: int | None) -> int | None:
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                "select max_ts_ns from symbol_stats where symbol_id = %s", (ident,)
+            ).fetchone()
+        return None if row is None else recent_buckets_start(row[0], tf, limit, hi)
+
+    def _candle_rows(
+        self,
+        ident: int,
+        tf: int,
+        lo: int | None,
+        hi: int | None,
+        limit: int | None,
+        descending: bool,
+    ) -> np.ndarray:
+        where, params = _time_filter(ident, lo, hi)
+        params["tf"] = tf
+        direction = "desc" if descending else "asc"
+        # Floor (not truncating) division keeps buckets epoch-aligned before 1970 too.
+        query = (
+            "select b, (array_agg(price order by ts_ns, seq))[1], max(price), min(price), "
+            "(array_agg(price order by ts_ns desc, seq desc))[1], sum(volume), count(*) "
+            "from (select ts_ns - mod(mod(ts_ns, %(tf)s) + %(tf)s, %(tf)s) as b, "
+            f"ts_ns, seq, price, volume from ticks where {where}) as t "
+            f"group by b order by b {direction}" + _limit(limit, params)
+        )
+        return self._fetch_copy(query, params, _CANDLE_FIELDS)
 
     def last_seqs(self) -> dict[str, int]:
         """Highest persisted seq per symbol."""

@@ -22,6 +22,7 @@ from hft_pipeline.store.base import (
     Subscription,
     Watermark,
     candle_tick_range,
+    recent_buckets_start,
     symbol_totals,
 )
 from hft_pipeline.store.migrations import migrate_sqlite
@@ -231,30 +232,18 @@ class SqliteStore:
             ident = self._lookup_symbol(conn, symbol)
             if ident is None or (limit is not None and limit <= 0):
                 return _frame([], _CANDLE_DTYPE, CANDLE_COLUMNS)
-            where, params = _time_filter(ident, lo, hi)
-            params["tf"] = tf
-            direction = "desc" if descending else "asc"
-            # SQLite's % truncates toward zero: ((x % tf) + tf) % tf is the floor remainder, so
-            # buckets stay epoch-aligned before 1970. One window sorted by (ts_ns, seq) gives
-            # the first and last price of every bucket.
-            rows = conn.execute(
-                f"""
-                select b, max(o), max(price), min(price), max(c), sum(volume), count(*)
-                from (
-                    select b, price, volume,
-                        first_value(price) over w as o,
-                        last_value(price) over w as c
-                    from (
-                        select ts_ns - (((ts_ns % :tf) + :tf) % :tf) as b, ts_ns, seq, price, volume
-                        from ticks where {where}
-                    )
-                    window w as (partition by b order by ts_ns, seq
-                                 rows between unbounded preceding and unbounded following)
-                )
-                group by b order by b {direction}"""
-                + _limit(limit, params),
-                params,
-            ).fetchall()
+            if descending and limit is not None and lo is None:
+                # The API asks for the newest N candles: try the window that holds exactly N
+                # buckets below the newest tick before aggregating the whole history.
+                row = conn.execute(
+                    "select max_ts_ns from symbol_stats where symbol_id = ?", (ident,)
+                ).fetchone()
+                window_lo = None if row is None else recent_buckets_start(row[0], tf, limit, hi)
+                if window_lo is not None:
+                    rows = _candle_rows(conn, ident, tf, window_lo, hi, limit, descending)
+                    if len(rows) == limit:
+                        return _frame(rows, _CANDLE_DTYPE, CANDLE_COLUMNS)
+            rows = _candle_rows(conn, ident, tf, lo, hi, limit, descending)
         return _frame(rows, _CANDLE_DTYPE, CANDLE_COLUMNS)
 
     def last_seqs(self) -> dict[str, int]:
@@ -327,6 +316,41 @@ class SqliteStore:
         for conn in connections:
             with suppress(sqlite3.Error):
                 conn.close()
+
+
+def _candle_rows(
+    conn: sqlite3.Connection,
+    ident: int,
+    tf: int,
+    lo: int | None,
+    hi: int | None,
+    limit: int | None,
+    descending: bool,
+) -> list[tuple]:
+    where, params = _time_filter(ident, lo, hi)
+    params["tf"] = tf
+    direction = "desc" if descending else "asc"
+    # SQLite's % truncates toward zero: ((x % tf) + tf) % tf is the floor remainder, so
+    # buckets stay epoch-aligned before 1970. One window sorted by (ts_ns, seq) gives
+    # the first and last price of every bucket.
+    return conn.execute(
+        f"""
+        select b, max(o), max(price), min(price), max(c), sum(volume), count(*)
+        from (
+            select b, price, volume,
+                first_value(price) over w as o,
+                last_value(price) over w as c
+            from (
+                select ts_ns - (((ts_ns % :tf) + :tf) % :tf) as b, ts_ns, seq, price, volume
+                from ticks where {where}
+            )
+            window w as (partition by b order by ts_ns, seq
+                         rows between unbounded preceding and unbounded following)
+        )
+        group by b order by b {direction}"""
+        + _limit(limit, params),
+        params,
+    ).fetchall()
 
 
 def _time_filter(ident: int, lo: int | None, hi: int | None) -> tuple[str, dict[str, Any]]:

@@ -303,3 +303,26 @@ def test_open_store_relative_sqlite_path(tmp_path, monkeypatch: pytest.MonkeyPat
         assert journal == "wal"
     finally:
         store.close()
+
+
+def test_newest_candles_with_gaps_and_end_bound(backend: Backend) -> None:
+    rng = np.random.default_rng(23)
+    # Two clusters five hours apart: the newest 1m window holds fewer candles than asked for.
+    old = make_ticks(rng, ["GAP"], 1500, T0, 30 * 60 * NS)
+    new = make_ticks(rng, ["GAP"], 300, T0 + 5 * 3600 * NS, 5 * 60 * NS)
+    new["seq"] += old["seq"].max()
+    frame = pd.concat([old, new], ignore_index=True)
+    write_frame(backend.store, frame, 400, rng)
+    store = backend.store
+    full = store.candles("GAP", "1m")
+    assert_candles_equal(full, pandas_candles(frame, "GAP", "1min"))
+    newest_first = full.iloc[::-1].reset_index(drop=True)
+
+    for limit in (1, 3, 5, 6, 12, 40, 1000):
+        got = store.candles("GAP", "1m", limit=limit, descending=True)
+        pd.testing.assert_frame_equal(got, newest_first.head(limit))
+    end = int(full["ts"].iloc[20]) + 1  # bucket 20 starts before end_ns, so it is included
+    bounded = full[full["ts"] < end].iloc[::-1].reset_index(drop=True)
+    for limit in (4, 25):
+        got = store.candles("GAP", "1m", end_ns=end, limit=limit, descending=True)
+        pd.testing.assert_frame_equal(got, bounded.head(limit))

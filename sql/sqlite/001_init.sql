@@ -16,7 +16,8 @@ create table if not exists ticks (
     ask real
 );
 
-create index if not exists ticks_symbol_ts_idx on ticks (symbol_id, ts_ns);
+-- (symbol_id, ts_ns, seq) is exactly the read order, so "newest N" reads stop after N rows.
+create index if not exists ticks_symbol_ts_idx on ticks (symbol_id, ts_ns, seq);
 
 create table if not exists symbol_stats (
     symbol_id integer primary key references symbols (id),
