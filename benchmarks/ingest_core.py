@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 
 from benchmarks.workload import print_rows, row, simulator_ticks, split, symbol_names
 from hft_pipeline.ingest.buffers import TickBuffers
@@ -83,7 +84,7 @@ def _check_against_pandas(
 
 
 def _stage_times(batches: list[TickBatch], home: Path) -> dict[str, float]:
-    """Seconds each stage of the hot path takes alone over all batches (same components)."""
+    """Seconds each stage of the hot path takes alone over all batches but the first."""
     validator, sequencer = TickValidator(), Sequencer()
     buffers, candles = TickBuffers(FULL_TICKS_PER_SYMBOL * 2), LiveCandles()
     times = dict.fromkeys(("validate", "dedup", "log append", "ring buffers", "live candles"), 0.0)
@@ -100,6 +101,8 @@ def _stage_times(batches: list[TickBatch], home: Path) -> dict[str, float]:
             t4 = time.perf_counter()
             candles.update(accepted)
             t5 = time.perf_counter()
+            if batch is batches[0]:
+                continue  # warm-up: per-symbol allocation, reported by run() separately
             for name, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
                 times[name] += dt
     return times
@@ -123,12 +126,17 @@ def run(quick: bool = False) -> list[dict]:
         assert service.persister is not None
         service.persister.stop(0.0)  # the ingest core alone: the store never drains
         try:
+            # The first batch brings all 150 symbols: per-symbol memory is allocated and first
+            # touched then. Timed on its own so the steady-state rate is not an average with it.
             started = time.perf_counter()
+            accepted = service.ingest(batches[0])
+            first_s = time.perf_counter() - started
             cpu = time.process_time()
-            accepted = sum(service.ingest(b) for b in batches)
-            elapsed = time.perf_counter() - started
+            accepted += sum(service.ingest(b) for b in batches[1:])
+            steady_s = time.perf_counter() - started - first_s
             cpu = time.process_time() - cpu
             assert accepted == n, (accepted, n)
+            rss = psutil.Process().memory_info().rss
             assert service.log is not None
             service.log.flush()
             assert service.log.durable_offset == service.log.end_offset
@@ -141,26 +149,54 @@ def run(quick: bool = False) -> list[dict]:
             service.close()
         stages = _stage_times(batches, home)
 
-    rate = n / elapsed
+    steady_n = n - len(batches[0])
+    rate = steady_n / steady_s
+    overall = n / (first_s + steady_s)
     b_rate = n / b_elapsed
     label = f"{n:,} ticks, {N_SYMBOLS} symbols, batches of {BATCH:,}"
+    baseline = (
+        "pandas groupby(symbol, Grouper) ohlc/sum/count, 7 timeframes, one pass over a DataFrame"
+    )
     rows = [
         row(
             "ingest_core",
-            f"IngestService.ingest throughput ({label}; fsync every 50 ms; persister stopped)",
+            f"IngestService.ingest steady state ({label}; fsync 50 ms; persister stopped)",
             rate,
             "ticks/s",
-            baseline="pandas groupby(symbol, Grouper) ohlc/sum/count, 7 timeframes, one pass",
+            baseline=baseline,
             baseline_value=b_rate,
             ratio=rate / b_rate,
             target=f">= {TARGET:,.0f} ticks/s",
             met=rate >= TARGET,
         ),
-        row("ingest_core", "ingest CPU per tick", cpu / n * 1e6, "us/tick"),
-        row("ingest_core", "ingest time per 10,000-tick batch", elapsed / len(batches) * 1e3, "ms"),
+        row(
+            "ingest_core",
+            "IngestService.ingest including the first batch (150 new symbols)",
+            overall,
+            "ticks/s",
+            baseline=baseline,
+            baseline_value=b_rate,
+            ratio=overall / b_rate,
+        ),
+        row(
+            "ingest_core", "first batch: 10,000 ticks introducing 150 symbols", first_s * 1e3, "ms"
+        ),
+        row(
+            "ingest_core",
+            "steady state: time per 10,000-tick batch",
+            steady_s / (len(batches) - 1) * 1e3,
+            "ms",
+        ),
+        row(
+            "ingest_core",
+            "steady state: process CPU per tick (all threads)",
+            cpu / steady_n * 1e6,
+            "us/tick",
+        ),
+        row("ingest_core", "process RSS after ingest", rss / 2**20, "MiB"),
     ]
     rows += [
-        row("ingest_core", f"stage alone: {name}", n / seconds, "ticks/s")
+        row("ingest_core", f"stage alone (steady state): {name}", steady_n / seconds, "ticks/s")
         for name, seconds in stages.items()
     ]
     return rows
