@@ -44,6 +44,8 @@ _CANDLE_DTYPE = np.dtype(
 
 # SQLite binds NaN as NULL, which is exactly the NaN <-> NULL mapping bid/ask need.
 _INSERT_TICKS = "insert into ticks (symbol_id, ts_ns, seq, price, volume, bid, ask) values (?, ?, ?, ?, ?, ?, ?)"
+_TRANSIENT = ("locked", "busy", "disk", "i/o", "unable to open", "closed", "readonly")
+
 _UPSERT_TOTALS = """
     insert into symbol_stats (symbol_id, rows, max_ts_ns, max_seq) values (?, ?, ?, ?)
     on conflict (symbol_id) do update set
@@ -101,7 +103,10 @@ class SqliteStore:
         try:
             yield
         except (sqlite3.OperationalError, sqlite3.ProgrammingError) as exc:
-            # Locked beyond the busy timeout, disk errors, a closed store: retryable by callers.
+            # Only conditions that can pass (locked beyond the busy timeout, disk trouble, a
+            # closed store) are retryable; "no such table" and the like must surface as bugs.
+            if not any(word in str(exc).lower() for word in _TRANSIENT):
+                raise
             raise StoreUnavailableError(
                 f"SQLite store {self.path} unavailable ({action}): {exc}"
             ) from exc

@@ -326,3 +326,19 @@ def test_newest_candles_with_gaps_and_end_bound(backend: Backend) -> None:
     for limit in (4, 25):
         got = store.candles("GAP", "1m", end_ns=end, limit=limit, descending=True)
         pd.testing.assert_frame_equal(got, bounded.head(limit))
+
+
+def test_sqlite_closed_store_is_unavailable_but_sql_bugs_are_not(tmp_path) -> None:
+    import sqlite3
+
+    from hft_pipeline.store import StoreUnavailableError
+
+    store = open_store(f"sqlite:///{tmp_path}/c.sqlite3")
+    with (
+        pytest.raises(sqlite3.OperationalError, match="no such table"),
+        store._unavailable("test"),  # type: ignore[attr-defined]
+    ):
+        store._conn().execute("select * from no_such_table")  # type: ignore[attr-defined]
+    store.close()
+    with pytest.raises(StoreUnavailableError, match="closed"):
+        store.log_offset()
