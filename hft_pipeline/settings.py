@@ -8,6 +8,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from hft_pipeline.market.ticks import SYMBOL_PATTERN
+
 FSYNC_POLICIES = ("always", "interval", "off")
 
 
@@ -80,8 +82,14 @@ class Settings:
         """Raise SettingsError naming the first value that cannot work."""
         if self.log_fsync not in FSYNC_POLICIES:
             raise SettingsError(f"HFT_LOG_FSYNC={self.log_fsync!r}: use one of {FSYNC_POLICIES}")
-        positive = ("buffer_capacity", "buffer_max_bytes", "persist_batch_size", "pool_size",
-                    "log_segment_bytes", "candle_history")
+        positive = (
+            "buffer_capacity",
+            "buffer_max_bytes",
+            "persist_batch_size",
+            "pool_size",
+            "log_segment_bytes",
+            "candle_history",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"HFT_{name.upper()} must be > 0, got {getattr(self, name)}")
@@ -89,7 +97,16 @@ class Settings:
             raise SettingsError(f"HFT_API_PORT must be 1-65535, got {self.api_port}")
         if self.rate <= 0:
             raise SettingsError(f"HFT_RATE must be > 0 ticks/s, got {self.rate}")
-        if not (self.store_url == "" or self.store_url.startswith(("sqlite://", "postgresql://", "postgres://"))):
+        for symbol in self.symbols:
+            if not SYMBOL_PATTERN.match(symbol):
+                raise SettingsError(
+                    f"HFT_SYMBOLS: invalid symbol {symbol!r}: use 1-32 characters from "
+                    "A-Z a-z 0-9 _ . - starting with a letter or digit"
+                )
+        if not (
+            self.store_url == ""
+            or self.store_url.startswith(("sqlite://", "postgresql://", "postgres://"))
+        ):
             raise SettingsError(
                 f"HFT_STORE_URL={self.store_url!r}: use sqlite:///PATH or postgresql://user@host/db"
             )
