@@ -8,8 +8,9 @@ bucket and the `history` buckets before it, so at most `history` closed candles;
 bucket still in that window is merged exactly (open/close by (ts, seq), exact volume), an older one
 is counted in `late_dropped_from_memory` and left to the store.
 
-Memory: 13 eight-byte fields per slot, i.e. about 7.3 MB per symbol for 7 timeframes at
-history=10,000, allocated lazily by the OS and committed as the rings fill.
+Memory: 13 eight-byte fields per slot, i.e. at most about 7.3 MB per symbol for 7 timeframes at
+history=10,000. Storage is slot-major, so the OS commits pages only as time advances through the
+slots (a fresh process holds little; a full 1s ring takes 10,000 s to fill).
 
 Threading: like the ring buffers, `update` runs on the ingest event loop and reads come from API
 handlers on the same loop, so no lock is needed; callers on other threads must serialize.
@@ -87,11 +88,15 @@ class LiveCandles:
             return
         cap = max(n_symbols, 2 * self._sym_cap)
         rows_old, rows = self._sym_cap * self._ntf, cap * self._ntf
+        # Copy only slots that ever held a candle: writing the rest would commit their pages.
+        used = np.flatnonzero(self._f["ticks"].any(axis=1)) if rows_old else None
         for name in _INT_FIELDS + _FLOAT_FIELDS:
             dtype = np.int64 if name in _INT_FIELDS else np.float64
-            arr = np.zeros((rows, self._slots), dtype)  # calloc: pages commit when first written
+            # Slot-major: every symbol writes the slots of the current time, so only those pages
+            # are touched (and committed) rather than a page per symbol row.
+            arr = np.zeros((self._slots, rows), dtype)
             if rows_old:
-                arr[:rows_old] = self._f[name]
+                arr[used, :rows_old] = self._f[name][used]
             self._f[name] = arr
         latest = np.full(rows, _NONE, np.int64)
         latest[:rows_old] = self._latest
@@ -155,7 +160,7 @@ class LiveCandles:
         if not np.all(keep):
             p, rows, tf = p.take(keep), rows[keep], tf[keep]
 
-        flat = rows * self._slots + (p.ts // tf) % self._slots
+        flat = (p.ts // tf) % self._slots * self._sym_cap * self._ntf + rows
         f = {name: arr.reshape(-1) for name, arr in self._f.items()}
         cur_ticks = f["ticks"][flat]
         present = (cur_ticks > 0) & (f["ts"][flat] == p.ts)
@@ -239,12 +244,12 @@ class LiveCandles:
         if descending:
             ks = ks[::-1]
         pos = ks % self._slots
-        ts = self._f["ts"][row, pos]
-        valid = (self._f["ticks"][row, pos] > 0) & (ts == ks * tf)
+        ts = self._f["ts"][pos, row]
+        valid = (self._f["ticks"][pos, row] > 0) & (ts == ks * tf)
         pos = pos[valid]
         if limit is not None:
             pos = pos[: max(int(limit), 0)]
-        cols = {name: self._f[name][row, pos] for name in _INT_FIELDS + _FLOAT_FIELDS}
+        cols = {name: self._f[name][pos, row] for name in _INT_FIELDS + _FLOAT_FIELDS}
         return _frame_from(cols, int(self._latest[row]))
 
     def forming(self, symbol: str) -> pd.DataFrame:
@@ -258,7 +263,7 @@ class LiveCandles:
         have = latest != _NONE
         rows, latest = rows[have], latest[have]
         pos = (latest // self._tf[have]) % self._slots
-        cols = {name: self._f[name][rows, pos] for name in _INT_FIELDS + _FLOAT_FIELDS}
+        cols = {name: self._f[name][pos, rows] for name in _INT_FIELDS + _FLOAT_FIELDS}
         frame = _frame_from(cols, latest)
         frame.insert(0, "timeframe", np.asarray(names, dtype=object)[have])
         return frame
