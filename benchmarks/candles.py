@@ -85,7 +85,7 @@ def pandas_baseline(batch: TickBatch) -> float:
     start = time.perf_counter()
     frame = frame.sort_values(["ts", "seq"], kind="stable")
     frame.index = pd.to_datetime(frame["ts"].to_numpy(), unit="ns", utc=True)
-    grouped = frame.groupby("symbol", sort=True)
+    grouped = frame.groupby("symbol", sort=True)[["price", "volume"]]
     for timeframe in TIMEFRAMES:
         res = grouped.resample(PANDAS_RULES[timeframe], closed="left", label="left")
         out = res.agg(
