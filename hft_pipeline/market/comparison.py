@@ -91,23 +91,24 @@ def _best_rows(table: pd.DataFrame, rank_by: str) -> pd.DataFrame:
 
 
 def _best_curves(
-    wide: Wide, strat: Strategy, best: pd.DataFrame, config: BacktestConfig
+    wide: Wide, strat: Strategy, best: pd.DataFrame, config: BacktestConfig, max_bytes: int
 ) -> pd.DataFrame:
-    # Symbols sharing a best parameter set are simulated together: one call per distinct set.
-    entries, exits = [], []
+    # Symbols sharing a best parameter set are simulated together, in memory-bounded chunks.
+    per_chunk = chunk_columns(len(wide["close"]), len(best), max_bytes)
+    curves = []
     for _, rows in best.groupby("params", sort=False):
         params = {k: rows[k].iloc[0] for k in strat.defaults}
-        e, x = strat.signals(_subset(wide, list(rows["symbol"])), params)
-        entries.append(e)
-        exits.append(x)
-    ent = pd.concat(entries, axis=1)
-    ex = pd.concat(exits, axis=1)
-    equity = simulate(wide, ent, ex, config).value()
-    equity.index = wide["close"].index
-    equity.columns = pd.MultiIndex.from_arrays(
-        [[strat.name] * equity.shape[1], list(equity.columns)], names=["strategy", "symbol"]
+        symbols = list(rows["symbol"])
+        for s0 in range(0, len(symbols), per_chunk):
+            sub = _subset(wide, symbols[s0 : s0 + per_chunk])
+            e, x = strat.signals(sub, params)
+            curves.append(simulate(sub, e, x, config).value().to_numpy())
+    order = [s for _, rows in best.groupby("params", sort=False) for s in rows["symbol"]]
+    columns = pd.MultiIndex.from_arrays(
+        [[strat.name] * len(order), order], names=["strategy", "symbol"]
     )
-    return equity
+    equity = pd.DataFrame(np.hstack(curves), index=wide["close"].index, columns=columns)
+    return equity[[(strat.name, s) for s in best["symbol"]]]
 
 
 def compare_strategies(
@@ -129,7 +130,7 @@ def compare_strategies(
         runs[name] = table
         best = _best_rows(table, rank_by)
         bests.append(best[["strategy", "symbol", "params", *METRIC_COLUMNS]])
-        curves.append(_best_curves(wide, strat, best, config))
+        curves.append(_best_curves(wide, strat, best, config, max_bytes))
     ranked = pd.concat(bests, ignore_index=True)
     ranked = ranked.sort_values(rank_by, ascending=False, na_position="last", kind="stable")
     ranked.insert(0, "rank", np.arange(1, len(ranked) + 1))
