@@ -20,12 +20,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from hft_pipeline.market.candles import run_starts
-from hft_pipeline.market.ticks import SymbolIndex, TickBatch
+from hft_pipeline.market.ticks import SymbolIndex, TickBatch, concat_batches
 
 BYTES_PER_TICK = 32
 _COLUMNS = ("ts", "seq", "price", "volume")
 _DTYPES = (np.int64, np.int64, np.float64, np.float64)
 _INITIAL_SLOTS = 1024
+#: Small batches are staged and written to the rings together: writing costs a fixed ~8 µs per
+#: symbol present, which dominates 50-tick batches spread over 150 symbols. Every read flushes
+#: first, so readers never see staging.
+STAGE_TICKS = 16_384
 
 
 class UnknownSymbolError(KeyError):
@@ -139,26 +143,42 @@ class TickBuffers:
         self.max_bytes = max_bytes
         self._index = SymbolIndex()
         self._rings: list[_Ring] = []
-        self.capacity = capacity_per_symbol
+        self._capacity = capacity_per_symbol
+        self._staged: list[TickBatch] = []
+        self._staged_ticks = 0
 
     # --- writes ---------------------------------------------------------------------------------
 
     def _add_symbols(self) -> None:
         n = len(self._index)
-        self.capacity = max(
+        self._capacity = max(
             1, min(self.capacity_per_symbol, self.max_bytes // (BYTES_PER_TICK * n))
         )
         for ring in self._rings:
-            if ring.alloc > self.capacity:
+            if ring.alloc > self._capacity:
                 ring.resize(self.capacity)
         while len(self._rings) < n:
-            self._rings.append(_Ring(min(_INITIAL_SLOTS, self.capacity)))
+            self._rings.append(_Ring(min(_INITIAL_SLOTS, self._capacity)))
 
     def append(self, batch: TickBatch) -> None:
         """Add a multi-symbol batch (any order); each symbol's buffer stays ordered by (ts, seq)."""
-        n = len(batch)
-        if n == 0:
+        if not len(batch):
             return
+        self._staged.append(batch)
+        self._staged_ticks += len(batch)
+        if self._staged_ticks >= STAGE_TICKS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write staged batches into the rings (reads do this themselves)."""
+        if not self._staged:
+            return
+        batch = concat_batches(self._staged)
+        self._staged, self._staged_ticks = [], 0
+        self._write(batch)
+
+    def _write(self, batch: TickBatch) -> None:
+        n = len(batch)
         ids = self._index.ids_for(batch)
         if len(self._index) > len(self._rings):
             self._add_symbols()
@@ -173,7 +193,7 @@ class TickBuffers:
         disorder[1:] = same & ((ts[1:] < ts[:-1]) | ((ts[1:] == ts[:-1]) & (seq[1:] <= seq[:-1])))
         bad = np.add.reduceat(disorder, starts).tolist()
         ends = np.append(starts[1:], n).tolist()
-        cap = self.capacity
+        cap = self._capacity
         for s, a, b, unordered in zip(
             sid[starts].tolist(), starts.tolist(), ends, bad, strict=True
         ):
@@ -195,24 +215,35 @@ class TickBuffers:
             raise UnknownSymbolError(f"no ticks buffered for symbol {symbol!r}")
         return self._rings[s]
 
+    @property
+    def capacity(self) -> int:
+        """Ticks each symbol's buffer may hold now (the budget split between symbols)."""
+        self.flush()
+        return self._capacity
+
     def symbols(self) -> list[str]:
         """Every symbol with a buffer, in order of first appearance."""
+        self.flush()
         return list(self._index.names)
 
     def __contains__(self, symbol: object) -> bool:
+        self.flush()
         return symbol in self._index
 
     @property
     def nbytes(self) -> int:
         """Bytes allocated for tick storage across all symbols."""
+        self.flush()
         return sum(r.alloc for r in self._rings) * BYTES_PER_TICK
 
     def count(self, symbol: str) -> int:
         """Ticks held for `symbol` (0 if unknown)."""
+        self.flush()
         return self._ring(symbol).count if symbol in self._index else 0
 
     def oldest_ts(self, symbol: str) -> int | None:
         """ts of the oldest tick held for `symbol`, None if none."""
+        self.flush()
         if symbol not in self._index or not self._ring(symbol).count:
             return None
         ring = self._ring(symbol)
@@ -220,6 +251,7 @@ class TickBuffers:
 
     def stats(self, symbol: str) -> SymbolStats:
         """Count, first/last ts and last price of what `symbol`'s buffer holds."""
+        self.flush()
         if symbol not in self._index or not self._ring(symbol).count:
             return SymbolStats(0, None, None, None)
         ring = self._ring(symbol)
@@ -248,6 +280,7 @@ class TickBuffers:
         With `limit`, the oldest `limit` ticks of the range, or the newest when descending=True
         (then rows come newest first).
         """
+        self.flush()
         ring = self._ring(symbol)
         i = 0 if start_ns is None else ring.search(int(start_ns), "left")
         j = ring.count if end_ns is None else ring.search(int(end_ns), "left")

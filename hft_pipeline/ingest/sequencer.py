@@ -15,7 +15,9 @@ import numpy as np
 
 from hft_pipeline.market.ticks import SymbolIndex, TickBatch
 
-MAX_HOLE_RANGES = 4096  # per symbol; older holes are forgotten (their late fills count as duplicates)
+MAX_HOLE_RANGES = (
+    4096  # per symbol; older holes are forgotten (their late fills count as duplicates)
+)
 
 
 @dataclass(slots=True)
@@ -105,9 +107,9 @@ class Sequencer:
     def _grow(self) -> None:
         extra = len(self.index) - len(self.max_seq)
         if extra > 0:
-            self.max_seq = np.concatenate([self.max_seq, np.full(extra, -1, np.int64)])
-            self.seq_gaps = np.concatenate([self.seq_gaps, np.zeros(extra, np.int64)])
-            self.duplicates = np.concatenate([self.duplicates, np.zeros(extra, np.int64)])
+            self.max_seq = _grown(self.max_seq, extra, fill=-1)
+            self.seq_gaps = _grown(self.seq_gaps, extra)
+            self.duplicates = _grown(self.duplicates, extra)
 
     def _add_hole(self, ident: int, lo: int, hi: int) -> None:
         ranges = self._holes.setdefault(ident, [])
@@ -131,38 +133,56 @@ class Sequencer:
 
 
 class SilenceDetector:
-    """Flags a symbol silent for longer than `multiple` times its usual (EWMA) arrival interval."""
+    """Flags a symbol silent for longer than `multiple` times its usual arrival interval.
+
+    The hot path only stamps arrival times and counts ticks; `check`, run about once a second,
+    turns them into each symbol's mean inter-arrival time (an exponentially weighted average
+    over the checks in which the symbol was heard, so a silence never dilutes it).
+    """
 
     def __init__(self, multiple: float = 10.0, min_silence_ns: int = 1_000_000_000) -> None:
         self.multiple = multiple
         self.min_silence_ns = min_silence_ns
         self.index = SymbolIndex()
         self.last_arrival = np.zeros(0, np.int64)
-        self.interval = np.zeros(0, np.float64)
+        self.arrivals = np.zeros(0, np.int64)  # ticks since the previous check
+        self.interval = np.zeros(0, np.float64)  # usual ns between ticks, 0 = not known yet
         self.silent = np.zeros(0, bool)
         self.gaps = np.zeros(0, np.int64)
+        self._checked_arrival = np.zeros(0, np.int64)  # last_arrival as of the previous check
 
     def observe(self, batch: TickBatch, now_ns: int) -> None:
         """Record that the symbols of `batch` were heard from at `now_ns`."""
         if not len(batch):
             return
-        ids = np.unique(self.index.ids_for(batch))
+        ids = self.index.ids_for(batch)
         extra = len(self.index) - len(self.last_arrival)
         if extra > 0:
-            self.last_arrival = np.concatenate([self.last_arrival, np.zeros(extra, np.int64)])
-            self.interval = np.concatenate([self.interval, np.zeros(extra)])
-            self.silent = np.concatenate([self.silent, np.zeros(extra, bool)])
-            self.gaps = np.concatenate([self.gaps, np.zeros(extra, np.int64)])
-        seen = self.last_arrival[ids] > 0
-        dt = (now_ns - self.last_arrival[ids]).astype(np.float64)
-        old = self.interval[ids]
-        self.interval[ids] = np.where(seen & (old > 0), 0.9 * old + 0.1 * dt, np.where(seen, dt, 0.0))
+            self.last_arrival, self.arrivals = (
+                _grown(self.last_arrival, extra),
+                _grown(self.arrivals, extra),
+            )
+            self.interval, self.silent = _grown(self.interval, extra), _grown(self.silent, extra)
+            self.gaps, self._checked_arrival = (
+                _grown(self.gaps, extra),
+                _grown(self._checked_arrival, extra),
+            )
         self.last_arrival[ids] = now_ns
+        self.arrivals += np.bincount(ids, minlength=len(self.arrivals))
         self.silent[ids] = False
 
     def check(self, now_ns: int, active: set[str] | None = None) -> list[str]:
         """Symbols that just went silent (each silence counted once), optionally among `active`."""
-        limit = np.maximum(self.interval * self.multiple, self.min_silence_ns)
+        heard = (self.arrivals > 0) & (self._checked_arrival > 0)
+        observed = (self.last_arrival[heard] - self._checked_arrival[heard]) / self.arrivals[heard]
+        old = self.interval[heard]
+        self.interval[heard] = np.where(old > 0, 0.8 * old + 0.2 * observed, observed)
+        self._checked_arrival = self.last_arrival.copy()
+        self.arrivals[:] = 0
+        known = self.interval > 0
+        limit = np.where(
+            known, np.maximum(self.interval * self.multiple, self.min_silence_ns), np.inf
+        )
         quiet = (self.last_arrival > 0) & (now_ns - self.last_arrival > limit) & ~self.silent
         if active is not None:
             quiet &= np.array([name in active for name in self.index.names], bool)
@@ -170,3 +190,8 @@ class SilenceDetector:
         self.silent[ids] = True
         self.gaps[ids] += 1
         return [self.index.names[i] for i in ids]
+
+
+def _grown(array: np.ndarray, extra: int, fill: int = 0) -> np.ndarray:
+    """`array` with `extra` more elements of value `fill` (per-symbol state for new symbols)."""
+    return np.concatenate([array, np.full(extra, fill, array.dtype)])

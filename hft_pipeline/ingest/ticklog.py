@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import fcntl
+import functools
 import os
 import re
 import struct
@@ -87,15 +88,23 @@ def _segment_path(directory: Path, base: int) -> Path:
     return directory / f"{base:020d}.log"
 
 
-def encode_record(batch: TickBatch) -> bytearray:
-    """One framed record (header + payload) holding every tick and the symbol table of `batch`."""
-    n = len(batch)
-    names = [s.encode("utf-8") for s in batch.symbols]
+@functools.lru_cache(maxsize=64)
+def _symbol_table(symbols: tuple[str, ...]) -> bytes:
+    """The length-prefixed UTF-8 names of a batch's symbol table (cached: feeds reuse tables)."""
+    names = [s.encode("utf-8") for s in symbols]
     if len(names) > 0xFFFF:
         raise TickLogError(f"a batch may carry at most 65535 symbols, got {len(names)}")
     for raw in names:
         if len(raw) > 0xFF:
             raise TickLogError(f"symbol {raw[:40]!r}... is longer than 255 bytes")
+    return b"".join(bytes([len(raw)]) + raw for raw in names)
+
+
+def encode_record(batch: TickBatch) -> bytearray:
+    """One framed record (header + payload) holding every tick and the symbol table of `batch`."""
+    n = len(batch)
+    table = _symbol_table(batch.symbols)
+    n_names = len(batch.symbols)
     columns = [np.asarray(getattr(batch, c)) for c in (*_WIDE_COLUMNS, "sym")]
     for name, col in zip((*_WIDE_COLUMNS, "sym"), columns, strict=True):
         if col.shape != (n,):
@@ -104,19 +113,16 @@ def encode_record(batch: TickBatch) -> bytearray:
         sym = columns[-1]
         # A sym id outside the table would make the record undecodable on replay: refuse it now.
         lo, hi = int(sym.min()), int(sym.max())
-        if lo < 0 or hi >= len(names):
-            raise TickLogError(f"sym ids span {lo}..{hi} but the batch has {len(names)} symbols")
-    table_len = _pad8(_PAYLOAD_HEAD.size + sum(1 + len(raw) for raw in names))
+        if lo < 0 or hi >= n_names:
+            raise TickLogError(f"sym ids span {lo}..{hi} but the batch has {n_names} symbols")
+    table_len = _pad8(_PAYLOAD_HEAD.size + len(table))
     payload_len = _pad8(table_len + n * _BYTES_PER_TICK)
     if payload_len > _MAX_PAYLOAD:
         raise TickLogError(f"batch of {n} ticks is too large for one record; split it")
     buf = bytearray(HEADER_SIZE + payload_len)
-    _PAYLOAD_HEAD.pack_into(buf, HEADER_SIZE, n, len(names))
+    _PAYLOAD_HEAD.pack_into(buf, HEADER_SIZE, n, n_names)
     pos = HEADER_SIZE + _PAYLOAD_HEAD.size
-    for raw in names:
-        buf[pos] = len(raw)
-        buf[pos + 1 : pos + 1 + len(raw)] = raw
-        pos += 1 + len(raw)
+    buf[pos : pos + len(table)] = table
     pos = HEADER_SIZE + table_len
     for col, dtype in zip(columns[:-1], _WIDE_DTYPES, strict=True):
         np.frombuffer(buf, dtype=dtype, count=n, offset=pos)[:] = col

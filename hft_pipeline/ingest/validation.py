@@ -24,10 +24,12 @@ REJECT_REASONS: tuple[str, ...] = (
 class TickValidator:
     """Splits a batch into accepted ticks and rejection counts by reason (first failing check wins)."""
 
-    def __init__(self, max_future_skew_s: float = 5.0, clock: Callable[[], int] = time.time_ns) -> None:
+    def __init__(
+        self, max_future_skew_s: float = 5.0, clock: Callable[[], int] = time.time_ns
+    ) -> None:
         self.max_future_skew_ns = int(max_future_skew_s * 1e9)
         self.clock = clock
-        self._symbol_ok: dict[str, bool] = {}
+        self._tables: dict[tuple[str, ...], np.ndarray] = {}
         self.rejected = dict.fromkeys(REJECT_REASONS, 0)
 
     def validate(self, batch: TickBatch) -> tuple[TickBatch, dict[str, int]]:
@@ -35,9 +37,7 @@ class TickValidator:
         n = len(batch)
         if n == 0:
             return batch, {}
-        symbol_ok = np.fromiter(
-            (self._is_valid(s) for s in batch.symbols), bool, len(batch.symbols)
-        )
+        symbol_ok = self._valid_table(batch.symbols)
         horizon = self.clock() + self.max_future_skew_ns
         checks = (
             ("bad_symbol", ~symbol_ok[batch.sym]),
@@ -61,8 +61,13 @@ class TickValidator:
             return batch, counts
         return batch.take(~bad), counts
 
-    def _is_valid(self, symbol: str) -> bool:
-        ok = self._symbol_ok.get(symbol)
+    def _valid_table(self, symbols: tuple[str, ...]) -> np.ndarray:
+        """Which names of a batch's symbol table are legal (cached: feeds reuse their tables)."""
+        ok = self._tables.get(symbols)
         if ok is None:
-            ok = self._symbol_ok[symbol] = is_valid_symbol(symbol)
+            if len(self._tables) >= 64:
+                self._tables.clear()
+            ok = self._tables[symbols] = np.fromiter(
+                (is_valid_symbol(s) for s in symbols), bool, len(symbols)
+            )
         return ok

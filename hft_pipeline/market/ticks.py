@@ -169,11 +169,16 @@ def concat_batches(batches: Sequence[TickBatch]) -> TickBatch:
 class SymbolIndex:
     """Interns symbol names to dense ids 0..n-1 so per-symbol state can live in arrays."""
 
-    __slots__ = ("_ids", "names")
+    __slots__ = ("_ids", "_tables", "names")
+
+    #: Symbol tables remembered by `ids_for`: feeds reuse a handful of tables, and mapping
+    #: a 150-name table name by name on every small batch costs more than the batch itself.
+    MAX_TABLES = 64
 
     def __init__(self, names: Iterable[str] = ()) -> None:
         self.names: list[str] = []
         self._ids: dict[str, int] = {}
+        self._tables: dict[tuple[str, ...], np.ndarray] = {}
         for name in names:
             self.id_of(name)
 
@@ -199,5 +204,12 @@ class SymbolIndex:
         """This index's id of every tick in `batch` (int32), interning new names."""
         if not len(batch):
             return np.empty(0, np.int32)
-        table = np.fromiter((self.id_of(s) for s in batch.symbols), np.int32, len(batch.symbols))
+        table = self._tables.get(batch.symbols)
+        if table is None:
+            table = np.fromiter(
+                (self.id_of(s) for s in batch.symbols), np.int32, len(batch.symbols)
+            )
+            if len(self._tables) >= self.MAX_TABLES:
+                self._tables.clear()
+            self._tables[batch.symbols] = table
         return table[batch.sym]

@@ -69,13 +69,35 @@ def test_every_symbol_seq_is_accepted_exactly_once_however_batched(ticks, cuts):
 
 
 def test_silence_detector_flags_each_silence_once():
-    det = SilenceDetector(multiple=5, min_silence_ns=100)
-    t = 0
-    for _ in range(10):
-        t += 1_000
-        det.observe(make(["A", "B"], [0, 0]), t)
-    assert det.check(t + 4_000) == []
-    det.observe(make(["B"], [1]), t + 4_000)
-    assert det.check(t + 6_000) == ["A"]
-    assert det.check(t + 7_000) == []
+    det = SilenceDetector(multiple=5, min_silence_ns=100_000_000)
+    second = 1_000_000_000
+    t = 10 * second
+    for _ in range(3):  # A and B tick 10 times a second for 3 s
+        for _ in range(10):
+            t += second // 10
+            det.observe(make(["A", "B"], [0, 0]), t)
+        det.check(t)
+    assert det.interval.tolist() == [second / 10, second / 10]
+    assert det.check(t + 400_000_000) == []  # 0.4 s < 5 x 0.1 s
+    det.observe(make(["B"], [1]), t + 400_000_000)
+    assert det.check(t + 600_000_000) == ["A"]  # 0.6 s > 0.5 s
+    assert det.check(t + 700_000_000) == []  # counted once per silence
     assert det.gaps.tolist() == [1, 0]
+    det.observe(make(["A"], [1]), t + 800_000_000)
+    assert not det.silent[0]
+
+
+def test_sporadic_symbol_is_judged_by_its_own_interval():
+    det = SilenceDetector(multiple=3, min_silence_ns=1)
+    second = 1_000_000_000
+    for k in range(1, 6):  # one tick every 10 s, checks every second
+        det.observe(make(["SLOW"], [k]), k * 10 * second)
+        for c in range(1, 10):
+            assert det.check(k * 10 * second + c * second) == []
+    assert det.interval.tolist() == [10 * second]
+    assert det.check(50 * second + 31 * second) == ["SLOW"]
+
+
+def test_silence_never_flags_a_symbol_that_was_never_heard():
+    det = SilenceDetector()
+    assert det.check(10**18) == []
