@@ -81,6 +81,33 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, Python {platform.python_version()}, {platform.system()}"
 
 
+def write_results(rows: list[dict], stamp: str) -> None:
+    """Merge `rows` into benchmarks/results.json (by benchmark) and render RESULTS.md from it."""
+    store = HERE / "results.json"
+    saved = json.loads(store.read_text()) if store.exists() else {"benchmarks": {}}
+    for name in dict.fromkeys(r["benchmark"] for r in rows):
+        saved["benchmarks"][name] = {
+            "date": stamp,
+            "machine": machine(),
+            "rows": [r for r in rows if r["benchmark"] == name],
+        }
+    store.write_text(json.dumps(saved, indent=2) + "\n")
+    order = {name: i for i, name in enumerate(MODULES)}
+    sections = []
+    for name, entry in sorted(saved["benchmarks"].items(), key=lambda kv: order.get(kv[0], 99)):
+        sections.append(
+            f"## {name}\n\nMeasured {entry['date']} on {entry['machine']}.\n\n{table(entry['rows'])}\n"
+        )
+    (HERE / "RESULTS.md").write_text(
+        "# Benchmark results\n\n"
+        "Produced by `make bench` (`.venv/bin/python -m benchmarks [NAME ...]`); each section is\n"
+        "the latest full run of that benchmark. Ratios compare against the baseline named in the\n"
+        "same row, measured in the same run. `met` = NO marks a target missed (see the notes).\n\n"
+        + "\n".join(sections)
+        + (notes.read_text() if (notes := HERE / "NOTES.md").exists() else "")
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("names", nargs="*", help=f"subset of: {', '.join(MODULES)}")
@@ -119,13 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"\nJSON written to {out}")
     if not args.no_results_md and not args.quick and rows:
-        results = HERE / "RESULTS.md"
-        results.write_text(
-            f"# Benchmark results\n\nDate: {stamp}  \nMachine: {machine()}  \n"
-            f"Command: `make bench` (= `.venv/bin/python -m benchmarks {' '.join(args.names)}`)\n\n"
-            f"{table(rows)}\n"
-        )
-        print(f"{results} updated")
+        write_results(rows, stamp)
+        print(f"{HERE / 'RESULTS.md'} updated")
     if failures:
         print(f"benchmarks that failed to run: {', '.join(failures)}", file=sys.stderr)
         return 1
