@@ -1,37 +1,42 @@
 """Live candles for every symbol and timeframe, updated incrementally from accepted tick batches.
 
-Each batch becomes mergeable partial candles of the finest timeframe (`market.candles`, the same
-code the batch `candles` asset uses), which roll up into the coarser timeframes and then merge, in
-one vectorized pass over every touched (symbol, timeframe, bucket), into a direct-mapped ring per
-(symbol, timeframe): bucket number k lives in slot k mod (history + 1). The ring holds the forming
-bucket and the `history` buckets before it, so at most `history` closed candles; a late tick for a
-bucket still in that window is merged exactly (open/close by (ts, seq), exact volume), an older one
-is counted in `late_dropped_from_memory` and left to the store.
+A numba kernel walks each batch's ticks once, in arrival order, and for every timeframe updates a
+direct-mapped ring per (symbol, timeframe) in place: bucket number k lives in slot k mod
+(history + 1). The ring holds the forming bucket and the `history` buckets before it, so at most
+`history` closed candles. A tick merges into its bucket's slot exactly as `market.candles` merges
+partial candles: open/close by (ts, seq) against the slot's first/last (ts, seq), high/low, a tick
+count, and volume as an exact (vs, vc, vd) TwoSum triple, so `exact_volume` gives the correctly
+rounded exact sum whatever the order or batching. A tick for a bucket newer than the forming one
+advances the ring (and re-initialises that slot); a late tick for a bucket still in the window is
+merged exactly; an older one is skipped, counted in `late_dropped_from_memory`, and left to the
+store. The kernel computes what the previous vectorized pipeline (partial candles, roll-up, merge)
+did, bit for bit, at ~100x less overhead on small batches (see `benchmarks/candles.py`).
+
+Compilation: the kernel is compiled once per machine and code version and cached on disk next to
+this module (`cache=True`; numba honours `NUMBA_CACHE_DIR` if the package directory is read-only).
+A cold compile takes about 1-2 s, a fresh process loading the cache about 0.1 s plus numba's import;
+`LiveCandles()` triggers it, so the cost is paid at service start, never on the first batch.
 
 Memory: 13 eight-byte fields per slot, i.e. at most about 7.3 MB per symbol for 7 timeframes at
 history=10,000. Storage is slot-major, so the OS commits pages only as time advances through the
 slots (a fresh process holds little; a full 1s ring takes 10,000 s to fill).
 
 Threading: like the ring buffers, `update` runs on the ingest event loop and reads come from API
-handlers on the same loop, so no lock is needed; callers on other threads must serialize.
+handlers on the same loop, so no lock is needed; callers on other threads must serialize (the
+kernel releases the GIL, so it must never run concurrently with another update or a read).
 """
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import pandas as pd
 
-from hft_pipeline.market.candles import (
-    PartialCandles,
-    exact_volume,
-    merge_exact_sums,
-    partial_candles,
-    rollup,
-    run_starts,
-)
+from hft_pipeline.market.candles import exact_volume
 from hft_pipeline.market.ticks import SymbolIndex, TickBatch
 from hft_pipeline.market.timeframes import TIMEFRAMES, UnknownTimeframeError
 
@@ -39,6 +44,10 @@ _NONE = np.iinfo(np.int64).min
 _INT_FIELDS = ("ts", "ticks", "first_ts", "first_seq", "last_ts", "last_seq")
 _FLOAT_FIELDS = ("open", "high", "low", "close", "vs", "vc", "vd")
 LIVE_CANDLE_COLUMNS = ("ts", "open", "high", "low", "close", "volume", "ticks", "closed")
+
+# Field positions in the kernel's (field, slot, row) arrays; order as in _INT/_FLOAT_FIELDS.
+_TS, _TICKS, _FIRST_TS, _FIRST_SEQ, _LAST_TS, _LAST_SEQ = range(6)
+_OPEN, _HIGH, _LOW, _CLOSE, _VS, _VC, _VD = range(7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +71,8 @@ class LiveCandles:
         items = sorted(timeframes.items(), key=lambda kv: kv[1])
         base = items[0][1]
         for name, tf in items:
-            # Coarser candles are rolled up from the finest one, so they must tile it.
+            # Windows of coarser timeframes must nest around the finest one's (late ticks are
+            # counted on the finest), and every bucket edge must be one of the finest.
             if tf <= 0 or tf % base:
                 raise ValueError(f"timeframe {name}={tf}ns is not a positive multiple of {base}ns")
         self.timeframes: dict[str, int] = dict(items)
@@ -73,13 +83,17 @@ class LiveCandles:
         self._slots = history + 1  # the forming bucket plus `history` closed ones
         self._index = SymbolIndex()
         self._sym_cap = 0
+        self._ints = np.zeros((len(_INT_FIELDS), self._slots, 0), np.int64)
+        self._floats = np.zeros((len(_FLOAT_FIELDS), self._slots, 0), np.float64)
         self._f: dict[str, np.ndarray] = {}
         self._latest = np.empty(0, np.int64)  # per row: start of the newest bucket, or _NONE
         self._first_ts = np.empty(0, np.int64)  # per symbol: ts of the first tick memory saw
+        self._old = np.empty(0, np.int64)  # per symbol: kernel scratch, pre-batch finest latest
         self._grow(8)
         self.late_total = 0
         self.late_dropped_total = 0
         self.closed_total = 0
+        _warm_up()
 
     # --- storage --------------------------------------------------------------------------------
 
@@ -88,22 +102,25 @@ class LiveCandles:
             return
         cap = max(n_symbols, 2 * self._sym_cap)
         rows_old, rows = self._sym_cap * self._ntf, cap * self._ntf
-        # Copy only slots that ever held a candle: writing the rest would commit their pages.
-        used = np.flatnonzero(self._f["ticks"].any(axis=1)) if rows_old else None
-        for name in _INT_FIELDS + _FLOAT_FIELDS:
-            dtype = np.int64 if name in _INT_FIELDS else np.float64
-            # Slot-major: every symbol writes the slots of the current time, so only those pages
-            # are touched (and committed) rather than a page per symbol row.
-            arr = np.zeros((self._slots, rows), dtype)
-            if rows_old:
-                arr[used, :rows_old] = self._f[name][used]
-            self._f[name] = arr
+        # Slot-major per field: every symbol writes the slots of the current time, so only those
+        # pages are touched (and committed) rather than a page per symbol row.
+        ints = _lazy_zeros((len(_INT_FIELDS), self._slots, rows), np.int64)
+        floats = _lazy_zeros((len(_FLOAT_FIELDS), self._slots, rows), np.float64)
+        if rows_old:
+            # Copy only slots that ever held a candle: writing the rest would commit their pages.
+            used = np.flatnonzero(self._ints[_TICKS].any(axis=1))
+            ints[:, used, :rows_old] = self._ints[:, used]
+            floats[:, used, :rows_old] = self._floats[:, used]
+        self._ints, self._floats = ints, floats
+        self._f = {name: ints[i] for i, name in enumerate(_INT_FIELDS)}
+        self._f.update({name: floats[i] for i, name in enumerate(_FLOAT_FIELDS)})
         latest = np.full(rows, _NONE, np.int64)
         latest[:rows_old] = self._latest
         self._latest = latest
         first = np.full(cap, _NONE, np.int64)
         first[: self._sym_cap] = self._first_ts
         self._first_ts = first
+        self._old = np.empty(cap, np.int64)
         self._sym_cap = cap
 
     # --- updates --------------------------------------------------------------------------------
@@ -113,85 +130,31 @@ class LiveCandles:
         n = len(batch)
         if n == 0:
             return UpdateStats(0, 0, 0, 0)
-        ids = self._index.ids_for(batch).astype(np.int64)
+        ids = self._index.ids_for(batch)
         self._grow(len(self._index))
-        uniq, first_pos = np.unique(ids, return_index=True)
-        new = self._first_ts[uniq] == _NONE
-        if np.any(new):
-            self._first_ts[uniq[new]] = batch.ts[first_pos[new]]
-
-        ntf = self._ntf
-        base = partial_candles(
-            batch.ts, batch.seq, batch.price, batch.volume, int(self._tf[0]), ids
+        ts = _column(batch.ts, np.int64)
+        late, dropped, closed, first_advances, recount = _apply_ticks(
+            ids.astype(np.int32, copy=False),
+            ts,
+            _column(batch.seq, np.int64),
+            _column(batch.price, np.float64),
+            _column(batch.volume, np.float64),
+            self._tf,
+            self._slots,
+            self._ints,
+            self._floats,
+            self._latest,
+            self._first_ts,
+            self._old,
         )
-        base.group = base.group * ntf  # row of (symbol, finest timeframe)
-        if ntf > 1:
-            m = len(base)
-            rep = base.take(np.tile(np.arange(m), ntf - 1))
-            j = np.repeat(np.arange(1, ntf, dtype=np.int64), m)
-            rep.group = rep.group + j
-            parts = PartialCandles.concat([base, rollup(rep, self._tf[j])])
-        else:
-            parts = base
-        return self._merge(parts, n)
-
-    def _merge(self, p: PartialCandles, n_ticks: int) -> UpdateStats:
-        """Merge partial candles (rows grouped, ascending ts within a row) into the rings."""
-        rows = p.group
-        tf = self._tf[rows % self._ntf]
-        starts = run_starts(rows)
-        lengths = np.diff(np.append(starts, len(p)))
-        run_rows = rows[starts]
-        old_run = self._latest[run_rows]
-        new_run = np.maximum(old_run, p.ts[starts + lengths - 1])
-        self._latest[run_rows] = new_run
-        old_latest = np.repeat(old_run, lengths)
-        new_latest = np.repeat(new_run, lengths)
-
-        finest = rows % self._ntf == 0
-        late = int(p.ticks[finest & (p.ts < old_latest)].sum())
-        closed = int(np.count_nonzero((p.ts > old_latest) & (p.ts < new_latest)))
-        closed += int(np.count_nonzero((old_run != _NONE) & (new_run > old_run)))
-        keep = p.ts > new_latest - self._slots * tf
-        # Only late ticks count as dropped: in-order ticks evicted by newer ones of the same batch
-        # were simply aged out. Windows nest (a coarser window reaches further back), so a tick
-        # dropped from any timeframe is dropped from the finest one: count there, once per tick.
-        dropped = int(p.ticks[finest & ~keep & (p.ts < old_latest)].sum())
-        if not np.all(keep):
-            p, rows, tf = p.take(keep), rows[keep], tf[keep]
-
-        flat = (p.ts // tf) % self._slots * self._sym_cap * self._ntf + rows
-        f = {name: arr.reshape(-1) for name, arr in self._f.items()}
-        cur_ticks = f["ticks"][flat]
-        present = (cur_ticks > 0) & (f["ts"][flat] == p.ts)
-
-        def cur(name: str, neutral: float | int) -> np.ndarray:
-            return np.where(present, f[name][flat], neutral)
-
-        big = np.iinfo(np.int64).max
-        c_fts, c_fseq = cur("first_ts", big), cur("first_seq", big)
-        c_lts, c_lseq = cur("last_ts", _NONE), cur("last_seq", _NONE)
-        earlier = (p.first_ts < c_fts) | ((p.first_ts == c_fts) & (p.first_seq < c_fseq))
-        later = (p.last_ts > c_lts) | ((p.last_ts == c_lts) & (p.last_seq > c_lseq))
-        vs, vc, vd = merge_exact_sums(
-            cur("vs", 0.0), cur("vc", 0.0), cur("vd", 0.0), p.vs, p.vc, p.vd
-        )
-        f["ts"][flat] = p.ts
-        f["ticks"][flat] = np.where(present, cur_ticks, 0) + p.ticks
-        f["open"][flat] = np.where(earlier, p.open, f["open"][flat])
-        f["first_ts"][flat] = np.where(earlier, p.first_ts, c_fts)
-        f["first_seq"][flat] = np.where(earlier, p.first_seq, c_fseq)
-        f["close"][flat] = np.where(later, p.close, f["close"][flat])
-        f["last_ts"][flat] = np.where(later, p.last_ts, c_lts)
-        f["last_seq"][flat] = np.where(later, p.last_seq, c_lseq)
-        f["high"][flat] = np.maximum(cur("high", -np.inf), p.high)
-        f["low"][flat] = np.minimum(cur("low", np.inf), p.low)
-        f["vs"][flat], f["vc"][flat], f["vd"][flat] = vs, vc, vd
-
+        if recount:
+            closed = first_advances + _count_new_closed(
+                ids.astype(np.int64), ts, self._tf, self._latest, self._old
+            )
         self.late_total += late
         self.late_dropped_total += dropped
         self.closed_total += closed
-        return UpdateStats(n_ticks, late, dropped, closed)
+        return UpdateStats(n, late, dropped, closed)
 
     # --- reads ----------------------------------------------------------------------------------
 
@@ -295,3 +258,178 @@ def _frame_from(cols: dict[str, np.ndarray], latest: int | np.ndarray) -> pd.Dat
             "closed": cols["ts"] < latest,
         }
     )
+
+
+def _lazy_zeros(shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """Zeros whose pages the OS commits 4 KiB at a time, on first write.
+
+    np.zeros would also map lazily, but numpy advises huge pages for large arrays: the first
+    write to each 2 MiB region then zeroes all of it (~200 ms on the first batch of 150 symbols,
+    ~20 ms stalls whenever time reaches a new region, and 2 MiB commits instead of 4 KiB).
+    """
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if nbytes == 0:
+        return np.zeros(shape, dtype)
+    buf = mmap.mmap(-1, nbytes)  # anonymous, private, zero-filled; unmapped with the array
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        buf.madvise(mmap.MADV_NOHUGEPAGE)  # for systems with transparent huge pages "always"
+    return np.frombuffer(buf, dtype).reshape(shape)
+
+
+def _column(values: np.ndarray, dtype: type) -> np.ndarray:
+    # One dtype and layout per argument, so numba compiles (and caches) exactly one version.
+    return np.ascontiguousarray(values, dtype=dtype)
+
+
+@numba.njit(cache=True, nogil=True)
+def _apply_ticks(sym, ts, seq, price, volume, tf, slots, ints, floats, latest, first_ts, old):  # noqa: PLR0913
+    """Merge every tick into the ring slot of each timeframe; return (late, dropped, closed).
+
+    Same results as merging the batch's partial candles (`market.candles`) into the rings:
+    - candles: a tick is applied unless its bucket is older than the window at its turn, and an
+      applied tick outside the final window is overwritten or unreadable afterwards, so the rings
+      read the same as when only ticks inside the batch's final window are merged;
+    - late: finest bucket older than the symbol's pre-batch forming bucket;
+    - dropped: late and outside the finest timeframe's window after the batch;
+    - closed: per row, the pre-batch forming bucket if the row advanced, plus every distinct
+      bucket newer than it and older than the post-batch forming bucket.
+    """
+    n = ts.shape[0]
+    ntf = tf.shape[0]
+    none = np.iinfo(np.int64).min
+    # Pass 1: each symbol's pre-batch forming bucket of the finest timeframe (by nesting, the
+    # coarser ones follow from it), and the first tick memory ever saw.
+    for i in range(n):
+        s = sym[i]
+        old[s] = latest[s * ntf]
+        if first_ts[s] == none:
+            first_ts[s] = ts[i]
+
+    closed = 0
+    first_advances = 0  # rows whose pre-batch forming bucket closed
+    # A bucket whose first tick of the batch comes after the window passed it is never written,
+    # so it cannot be counted in place; that needs in-batch disorder wider than the window, and
+    # then `closed` is recounted from its definition below.
+    recount = False
+    # Pass 2: apply each tick to each timeframe, in arrival order.
+    for i in range(n):
+        s = sym[i]
+        t = ts[i]
+        q = seq[i]
+        p = price[i]
+        v = volume[i]
+        for j in range(ntf):
+            w = tf[j]
+            k = t // w
+            b = k * w
+            row = s * ntf + j
+            cur = latest[row]
+            slot = k % slots
+            if cur == none or b > cur:
+                if cur != none:
+                    closed += 1  # the forming bucket it replaces
+                    if old[s] != none and cur == (old[s] // w) * w:
+                        first_advances += 1
+                latest[row] = b
+                fresh = True
+            elif b <= cur - slots * w:
+                pre = old[s]
+                if pre == none or b > (pre // w) * w:
+                    recount = True
+                continue  # older than the window: left to the store
+            else:
+                fresh = ints[_TICKS, slot, row] == 0 or ints[_TS, slot, row] != b
+                if fresh:
+                    pre = old[s]
+                    if pre == none or b > (pre // w) * w:
+                        closed += 1  # a new bucket between two forming ones: born closed
+            if fresh:
+                ints[_TS, slot, row] = b
+                ints[_TICKS, slot, row] = 1
+                ints[_FIRST_TS, slot, row] = t
+                ints[_FIRST_SEQ, slot, row] = q
+                ints[_LAST_TS, slot, row] = t
+                ints[_LAST_SEQ, slot, row] = q
+                floats[_OPEN, slot, row] = p
+                floats[_HIGH, slot, row] = p
+                floats[_LOW, slot, row] = p
+                floats[_CLOSE, slot, row] = p
+                floats[_VS, slot, row] = v
+                floats[_VC, slot, row] = 0.0
+                floats[_VD, slot, row] = 0.0
+                continue
+            ints[_TICKS, slot, row] += 1
+            fts = ints[_FIRST_TS, slot, row]
+            if t < fts or (t == fts and q < ints[_FIRST_SEQ, slot, row]):
+                ints[_FIRST_TS, slot, row] = t
+                ints[_FIRST_SEQ, slot, row] = q
+                floats[_OPEN, slot, row] = p
+            lts = ints[_LAST_TS, slot, row]
+            if t > lts or (t == lts and q > ints[_LAST_SEQ, slot, row]):
+                ints[_LAST_TS, slot, row] = t
+                ints[_LAST_SEQ, slot, row] = q
+                floats[_CLOSE, slot, row] = p
+            if p > floats[_HIGH, slot, row]:
+                floats[_HIGH, slot, row] = p
+            if p < floats[_LOW, slot, row]:
+                floats[_LOW, slot, row] = p
+            # merge_exact_sums((vs, vc, vd), (v, 0, 0)): TwoSum into s, its error into c, and
+            # the error of that into d. Needs strict IEEE arithmetic (numba's default).
+            vs = floats[_VS, slot, row]
+            vc = floats[_VC, slot, row]
+            sum_ = vs + v
+            bb = sum_ - vs
+            e = (vs - (sum_ - bb)) + (v - bb)
+            c = vc + e
+            cc = c - vc
+            g = (vc - (c - cc)) + (e - cc)
+            floats[_VS, slot, row] = sum_
+            floats[_VC, slot, row] = c
+            floats[_VD, slot, row] = floats[_VD, slot, row] + g
+
+    # Pass 3: late and dropped against the finest timeframe's pre- and post-batch windows.
+    late = 0
+    dropped = 0
+    w = tf[0]
+    span = slots * w
+    for i in range(n):
+        s = sym[i]
+        pre = old[s]
+        b = (ts[i] // w) * w
+        if pre != none and b < pre:
+            late += 1
+            if b <= latest[s * ntf] - span:
+                dropped += 1
+    return late, dropped, closed, first_advances, recount
+
+
+def _count_new_closed(
+    ids: np.ndarray, ts: np.ndarray, tf: np.ndarray, latest: np.ndarray, old: np.ndarray
+) -> int:
+    """Distinct (row, bucket) of the batch newer than the row's pre-batch forming bucket and
+    older than its post-batch one.
+
+    Slow path in numpy (it sorts every tick's buckets): only needed when a batch's disorder is
+    wider than the window, and sorting in the kernel would triple its compile time.
+    """
+    ntf = tf.shape[0]
+    pre = old[ids]
+    rows, buckets = [], []
+    for j in range(ntf):
+        w = tf[j]
+        b = ts // w * w
+        row = ids * ntf + j
+        new = (pre == _NONE) | (b > pre // w * w)
+        keep = new & (b < latest[row])
+        rows.append(row[keep])
+        buckets.append(b[keep])
+    pairs = np.stack([np.concatenate(rows), np.concatenate(buckets)], axis=1)
+    return int(np.unique(pairs, axis=0).shape[0])
+
+
+def _warm_up() -> None:
+    """Compile (or load from the on-disk cache) the kernels for the dtypes `update` passes."""
+    i32, i64, f64 = np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0, np.float64)
+    ints = np.zeros((len(_INT_FIELDS), 1, 0), np.int64)
+    floats = np.zeros((len(_FLOAT_FIELDS), 1, 0), np.float64)
+    _apply_ticks(i32, i64, i64, f64, f64, np.ones(1, np.int64), 1, ints, floats, i64, i64, i64)
