@@ -1,10 +1,12 @@
 """Ingest API under load: `GET /ticks/{symbol}?timeframe=raw|1m&limit=1000` while the service
 ingests 50,000 ticks/s over 150 symbols, against `GET /test` (the framework's floor).
 
-The service is the real `hft ingest` command (simulator feed, SQLite store in a temporary home,
-150 symbols given with `--symbols`) in a subprocess. Load comes from CLIENT_PROCS
-processes with CLIENT_THREADS threads each, every thread a keep-alive `requests.Session` asking
-for a random symbol, closed loop (a thread sends its next request when the last one answered).
+The service is the real `hft ingest` command (simulator feed, 150 symbols given with
+`--symbols`, a temporary home) in a subprocess, once on SQLite and once on a scratch PostgreSQL
+database: the persister shares the server's GIL, and the two stores load it differently. Load
+comes from CLIENT_PROCS processes with CLIENT_THREADS threads each, every thread one keep-alive
+`http.client` connection asking for a random symbol, closed loop (a thread sends its next
+request when the last one answered).
 Latency is measured per request in the client, so it includes the client's own overhead on this
 2-core machine shared with the server. The service's accepted ticks/s during each phase are
 reported too, to show the ingest kept up under the query load.
@@ -19,6 +21,8 @@ Run: `.venv/bin/python -m benchmarks.api [--quick]`.
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import os
 import random
 import signal
@@ -33,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from benchmarks.workload import percentiles, print_rows, row, symbol_names
+from benchmarks.workload import percentiles, print_rows, row, scratch_database, symbol_names
 
 RATE = 50_000.0
 N_SYMBOLS = 150
@@ -44,6 +48,7 @@ FULL_SECONDS = 15.0
 QUICK_SECONDS = 3.0
 TARGET_RPS = 1000.0
 TARGET_P99_MS = 20.0
+STORES = ("sqlite", "postgresql")
 
 
 def _free_port() -> int:
@@ -52,31 +57,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _client_thread(base: str, paths: list[str], until: float, seed: int) -> tuple[list, int, int]:
+def _client_thread(port: int, paths: list[str], until: float, seed: int) -> tuple[list, int, int]:
+    """Closed-loop GETs on one keep-alive connection; latencies (s), rows returned, errors."""
     rng = random.Random(seed)
     latencies: list[float] = []
     counts = errors = 0
-    with requests.Session() as http:
+    # http.client rather than requests: about a third of the client CPU per request, which
+    # matters when the load generator shares 2 cores with the server.
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
         while time.perf_counter() < until:
             path = rng.choice(paths)
             started = time.perf_counter()
-            response = http.get(base + path, timeout=10)
+            conn.request("GET", path)
+            response = conn.getresponse()
+            body = response.read()
             elapsed = time.perf_counter() - started
-            if response.status_code != 200:
+            if response.status != 200:
                 errors += 1
                 continue
             latencies.append(elapsed)
-            if "/ticks/" in path:
-                counts += response.json()["count"]
+            if path.startswith("/ticks/"):
+                counts += json.loads(body)["count"]
+    finally:
+        conn.close()
     return latencies, counts, errors
 
 
-def _client_process(base: str, paths: list[str], seconds: float, seed: int) -> tuple:
+def _client_process(port: int, paths: list[str], seconds: float, seed: int) -> tuple:
     """One load process: CLIENT_THREADS closed-loop threads for `seconds`."""
     until = time.perf_counter() + seconds
     with ThreadPoolExecutor(CLIENT_THREADS) as pool:
         futures = [
-            pool.submit(_client_thread, base, paths, until, seed * 100 + i)
+            pool.submit(_client_thread, port, paths, until, seed * 100 + i)
             for i in range(CLIENT_THREADS)
         ]
         parts = [f.result() for f in futures]
@@ -91,9 +104,11 @@ def _accepted(base: str) -> int:
     return int(requests.get(base + "/status", timeout=10).json()["ticks"]["accepted"])
 
 
-def _phase(pool: ProcessPoolExecutor, base: str, paths: list[str], seconds: float) -> dict:
+def _phase(pool: ProcessPoolExecutor, port: int, paths: list[str], seconds: float) -> dict:
+    """One load phase: every client process asks `paths` for `seconds`."""
+    base = f"http://127.0.0.1:{port}"
     accepted0, t0 = _accepted(base), time.perf_counter()
-    futures = [pool.submit(_client_process, base, paths, seconds, i) for i in range(CLIENT_PROCS)]
+    futures = [pool.submit(_client_process, port, paths, seconds, i) for i in range(CLIENT_PROCS)]
     parts = [f.result() for f in futures]
     accepted1, t1 = _accepted(base), time.perf_counter()
     latencies = np.array([x for p in parts for x in p[0]]) * 1e3
@@ -126,22 +141,21 @@ def _wait_ready(base: str, proc: subprocess.Popen, symbols: list[str], timeout: 
     raise RuntimeError(f"hft ingest at {base} not ready with {LIMIT} ticks within {timeout}s")
 
 
-def run(quick: bool = False) -> list[dict]:
-    """Rows: req/s and p50/p95/p99 of /ticks raw and 1m under 50k ticks/s ingest vs /test."""
-    seconds = QUICK_SECONDS if quick else FULL_SECONDS
-    # With --symbols the simulator runs exactly those (the 5 defaults only come without it).
-    symbols = symbol_names(N_SYMBOLS)
+def _serve_and_load(store: str, symbols: list[str], seconds: float) -> dict[str, dict]:
+    """Start `hft ingest` on `store` (sqlite or postgresql), load it phase by phase, stop it."""
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory(prefix="hft-bench-api-") as home:
+    with contextlib.ExitStack() as stack:
+        home = stack.enter_context(tempfile.TemporaryDirectory(prefix="hft-bench-api-"))
         env = {k: v for k, v in os.environ.items() if not k.startswith("HFT_")}
         cmd = [
             sys.executable, "-m", "hft_pipeline.cli", "ingest",
             "--rate", str(RATE), "--symbols", ",".join(symbols),
             "--home", home, "--port", str(port),
         ]  # fmt: skip
-        log_path = Path(home) / "ingest.log"
-        with open(log_path, "w") as log:
+        if store == "postgresql":
+            cmd += ["--store", stack.enter_context(scratch_database("hft_bench_api"))]
+        with open(Path(home) / "ingest.log", "w") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             _wait_ready(base, proc, symbols, 120.0)
@@ -151,9 +165,7 @@ def run(quick: bool = False) -> list[dict]:
                 "1m": [f"/ticks/{s}?timeframe=1m&limit={LIMIT}" for s in symbols],
             }
             with ProcessPoolExecutor(CLIENT_PROCS) as pool:
-                results = {
-                    name: _phase(pool, base, paths, seconds) for name, paths in phases.items()
-                }
+                return {name: _phase(pool, port, paths, seconds) for name, paths in phases.items()}
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -161,40 +173,50 @@ def run(quick: bool = False) -> list[dict]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    floor = results["test"]
-    label = (
-        f"under {RATE:,.0f} ticks/s ingest, {len(symbols)} symbols, SQLite, "
-        f"{CLIENT_PROCS}x{CLIENT_THREADS} keep-alive clients, {seconds:.0f} s"
-    )
+
+
+def run(quick: bool = False) -> list[dict]:
+    """Rows: req/s and p50/p95/p99 of /ticks raw and 1m under 50k ticks/s ingest vs /test."""
+    seconds = QUICK_SECONDS if quick else FULL_SECONDS
+    # With --symbols the simulator runs exactly those (the 5 defaults only come without it).
+    symbols = symbol_names(N_SYMBOLS)
     rows = []
-    for name in ("raw", "1m"):
-        r = results[name]
-        what = f"GET /ticks/{{symbol}}?timeframe={name}&limit={LIMIT}"
-        met_rps = r["rps"] >= TARGET_RPS
-        met_p99 = r["ms"][99] < TARGET_P99_MS
-        rows += [
-            row("api", f"{what} throughput ({label})", r["rps"], "req/s",
-                baseline="GET /test, same clients", baseline_value=floor["rps"],
-                ratio=r["rps"] / floor["rps"], target=f">= {TARGET_RPS:,.0f} req/s",
-                met=met_rps),
-            row("api", f"{what} latency p50", r["ms"][50], "ms",
-                baseline="GET /test", baseline_value=floor["ms"][50],
-                ratio=floor["ms"][50] / r["ms"][50]),
-            row("api", f"{what} latency p95", r["ms"][95], "ms",
-                baseline="GET /test", baseline_value=floor["ms"][95],
-                ratio=floor["ms"][95] / r["ms"][95]),
-            row("api", f"{what} latency p99", r["ms"][99], "ms",
-                baseline="GET /test", baseline_value=floor["ms"][99],
-                ratio=floor["ms"][99] / r["ms"][99], target=f"p99 < {TARGET_P99_MS:g} ms",
-                met=met_p99),
-            row("api", f"{what} mean rows per response", r["mean_count"], "rows"),
-            row("api", f"{what} non-200 responses", r["errors"], "responses"),
-            row("api", f"ingest accepted ticks/s while serving {name}", r["ingest_rate"],
-                "ticks/s", target=f"~{RATE:,.0f} ticks/s"),
-        ]  # fmt: skip
-    rows.append(
-        row("api", "ingest accepted ticks/s while serving /test", floor["ingest_rate"], "ticks/s")
-    )
+    for store in STORES:
+        results = _serve_and_load(store, symbols, seconds)
+        floor = results["test"]
+        label = (
+            f"under {RATE:,.0f} ticks/s ingest, {len(symbols)} symbols, {store} store, "
+            f"{CLIENT_PROCS}x{CLIENT_THREADS} keep-alive clients, {seconds:.0f} s"
+        )
+        tag = f" [{store}]"
+        for name in ("raw", "1m"):
+            r = results[name]
+            what = f"GET /ticks/{{symbol}}?timeframe={name}&limit={LIMIT}"
+            rows += [
+                row("api", f"{what} throughput ({label})", r["rps"], "req/s",
+                    baseline="GET /test, same clients", baseline_value=floor["rps"],
+                    ratio=r["rps"] / floor["rps"], target=f">= {TARGET_RPS:,.0f} req/s",
+                    met=r["rps"] >= TARGET_RPS),
+                row("api", f"{what} latency p50{tag}", r["ms"][50], "ms",
+                    baseline="GET /test", baseline_value=floor["ms"][50],
+                    ratio=floor["ms"][50] / r["ms"][50]),
+                row("api", f"{what} latency p95{tag}", r["ms"][95], "ms",
+                    baseline="GET /test", baseline_value=floor["ms"][95],
+                    ratio=floor["ms"][95] / r["ms"][95]),
+                row("api", f"{what} latency p99{tag}", r["ms"][99], "ms",
+                    baseline="GET /test", baseline_value=floor["ms"][99],
+                    ratio=floor["ms"][99] / r["ms"][99], target=f"p99 < {TARGET_P99_MS:g} ms",
+                    met=r["ms"][99] < TARGET_P99_MS),
+                row("api", f"{what} mean rows per response{tag}", r["mean_count"], "rows"),
+                row("api", f"{what} non-200 responses{tag}", r["errors"], "responses"),
+                row("api", f"ingest accepted ticks/s while serving {name}{tag}",
+                    r["ingest_rate"], "ticks/s", target=f"~{RATE:,.0f} ticks/s",
+                    met=r["ingest_rate"] >= 0.95 * RATE),
+            ]  # fmt: skip
+        rows.append(
+            row("api", f"ingest accepted ticks/s while serving /test{tag}", floor["ingest_rate"],
+                "ticks/s")
+        )  # fmt: skip
     return rows
 
 

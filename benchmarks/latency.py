@@ -13,7 +13,8 @@ Per tick we record two latencies (every tick of a batch gets its batch's value):
 
 Baseline: the same paced run through `IngestService(live=False)`, the durable part of the hot
 path alone (validate, dedup, log append) with no buffers or candles: the floor the live work is
-added to. The first WARMUP_S seconds (per-symbol allocation) are not recorded.
+added to. The first WARMUP_S seconds (per-symbol allocation) are not recorded. A third run with
+the persister thread stopped shows how much of the tail comes from sharing the GIL with it.
 
 Run: `.venv/bin/python -m benchmarks.latency [--quick]`.
 """
@@ -48,11 +49,16 @@ QUICK_SECONDS = 2.0
 TARGET_P99_MS = 1.0
 
 
-def _paced_run(ticks: TickBatch, dsn: str, home: Path, live: bool, seconds: float) -> dict:
+def _paced_run(
+    ticks: TickBatch, dsn: str, home: Path, live: bool, seconds: float, persist: bool = True
+) -> dict:
     """Drive one service in real time: every TICK_MS hand over all ticks due by now."""
     settings = Settings(home=home, store_url=dsn, log_fsync="interval", log_fsync_interval_ms=50)
     service = IngestService(settings, live=live)
     service.open()
+    if not persist:
+        assert service.persister is not None
+        service.persister.stop(0.0)  # diagnosis: the hot path without the persister's thread
     n = len(ticks)
     due_s = ticks.ts / 1e9  # seconds after the start at which each tick exists
     service_s = np.zeros(n)
@@ -96,7 +102,8 @@ def _paced_run(ticks: TickBatch, dsn: str, home: Path, live: bool, seconds: floa
             handed_upto = hi
         elapsed = time.perf_counter() - start
     finally:
-        assert service.close(), "persister did not drain"
+        drained = service.close()
+    assert drained or not persist, "persister did not drain"
     warm = due_s >= WARMUP_S
     batch_sizes = np.array(sizes)
     return {
@@ -119,14 +126,16 @@ def run(quick: bool = False) -> list[dict]:
     ticks = ticks.take(ticks.ts < int(seconds * 1e9))
 
     results = {}
-    for name, live in (("live", True), ("log only", False)):
+    runs = (("live", True, True), ("log only", False, True), ("no persister", True, False))
+    for name, live, persist in runs:
         with scratch_database("hft_bench_latency") as dsn, tempfile.TemporaryDirectory() as tmp:
-            results[name] = _paced_run(ticks, dsn, Path(tmp), live, seconds)
+            results[name] = _paced_run(ticks, dsn, Path(tmp), live, seconds, persist)
 
     ours, floor = results["live"], results["log only"]
     p = percentiles(ours["service_ms"], (50, 99))
     f = percentiles(floor["service_ms"], (50, 99))
     d = percentiles(ours["delivery_ms"], (50, 99))
+    alone = percentiles(results["no persister"]["service_ms"], (50, 99))
     label = (
         f"{RATE:,.0f} ticks/s, {N_SYMBOLS} symbols, a batch every {TICK_MS:g} ms "
         f"(mean {ours['mean_batch']:.0f} ticks), {seconds - WARMUP_S:.0f} s, persister -> PostgreSQL"
@@ -156,6 +165,10 @@ def run(quick: bool = False) -> list[dict]:
         row("latency", "largest batch (ticks due while ingest was busy)", ours["max_batch"], "ticks"),
         row("latency", "batches handed over", ours["batches"], "batches"),
         row("latency", "ticks measured (after warm-up)", ours["ticks"], "ticks"),
+        row("latency", "diagnosis: service time p50 with the persister thread stopped", alone[50],
+            "ms"),
+        row("latency", "diagnosis: service time p99 with the persister thread stopped", alone[99],
+            "ms"),
     ]  # fmt: skip
 
 
