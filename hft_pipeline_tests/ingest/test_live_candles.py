@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import math
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hft_pipeline.ingest import live_candles
 from hft_pipeline.ingest.live_candles import LiveCandles, UpdateStats
-from hft_pipeline.market.candles import resample_reference
-from hft_pipeline.market.ticks import TickBatch
+from hft_pipeline.market.candles import candles_frame, resample_reference
+from hft_pipeline.market.ticks import TickBatch, concat_batches
 from hft_pipeline.market.timeframes import NS_PER_SECOND, TIMEFRAMES, UnknownTimeframeError
 from hft_pipeline_tests.market.test_candles import tick_frames
 
@@ -207,3 +213,149 @@ def test_timeframes_must_tile_the_finest() -> None:
         LiveCandles(timeframes={"2s": 2 * NS, "3s": 3 * NS})
     with pytest.raises(ValueError, match="history"):
         LiveCandles(history=0)
+
+
+def expected_stats(
+    ticks: pd.DataFrame, cuts: list[int], history: int, timeframes: dict[str, int]
+) -> list[UpdateStats]:
+    """UpdateStats by their definition, batch by batch, from pandas.
+
+    late: the tick's finest bucket is older than its symbol's forming bucket before the batch;
+    dropped: late and older than the finest window after the batch (forming bucket - history);
+    closed: per (symbol, timeframe), the pre-batch forming bucket if a newer one formed, plus every
+    distinct bucket of the batch between the pre- and post-batch forming buckets.
+    """
+    bounds = [0, *sorted(c for c in cuts if 0 < c < len(ticks)), len(ticks)]
+    tfs = sorted(timeframes.values())
+    newest: dict[tuple[str, int], int] = {}  # (symbol, tf) -> forming bucket start
+    out = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        if b <= a:
+            continue
+        part = ticks.iloc[a:b]
+        late = dropped = closed = 0
+        before = dict(newest)
+        for symbol, rows in part.groupby("symbol"):
+            for tf in tfs:
+                buckets = rows["ts"].to_numpy() // tf * tf
+                old = before.get((symbol, tf))
+                new = int(buckets.max()) if old is None else max(old, int(buckets.max()))
+                newest[(symbol, tf)] = new
+                between = np.unique(buckets[(buckets < new) & (old is None or buckets > old)])
+                closed += len(between) + (old is not None and new > old)
+                if tf == tfs[0] and old is not None:
+                    is_late = buckets < old
+                    late += int(is_late.sum())
+                    dropped += int((is_late & (buckets <= new - (history + 1) * tf)).sum())
+        out.append(UpdateStats(b - a, late, dropped, closed))
+    return out
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    ticks=tick_frames(),
+    cuts=st.lists(st.integers(0, 80), max_size=12),
+    history=st.integers(1, 30),
+)
+def test_update_stats_follow_their_definition(
+    ticks: pd.DataFrame, cuts: list[int], history: int
+) -> None:
+    """Counts are what the docstrings say, including disorder within a batch wider than memory."""
+    live = LiveCandles(history=history)
+    got = feed(live, ticks, cuts)
+    assert got == expected_stats(ticks, cuts, history, TIMEFRAMES)
+    assert live.late_total == sum(s.late for s in got)
+    assert live.closed_total == sum(s.closed for s in got)
+
+
+@pytest.mark.parametrize(
+    "seconds",
+    [
+        [10.5, 13.0],  # in order: bucket 10 formed, then closed by 13
+        [13.0, 10.5],  # 10 never reaches memory (older than the window), still closed once
+        [10.5, 13.0, 10.7],  # 10 applied, aged out, then a tick skipped: counted once, not twice
+        [13.0, 10.5, 10.7, 11.2],  # 10 skipped twice (once), 11 kept and born closed
+    ],
+)
+def test_a_bucket_closed_within_a_batch_counts_once_whatever_the_tick_order(
+    seconds: list[float],
+) -> None:
+    live = LiveCandles(timeframes={"1s": NS}, history=2)
+    stats = live.update(batch("R_100", seconds, list(range(len(seconds))), [1.0] * len(seconds)))
+    closed_buckets = {int(t) for t in seconds if int(t) < 13}
+    assert stats == UpdateStats(len(seconds), 0, 0, len(closed_buckets))
+    c = live.candles("R_100", "1s", descending=False)
+    in_window = sorted(b for b in {int(t) for t in seconds} if b > 10)
+    assert c["ts"].tolist() == [T0 + b * NS for b in in_window]
+    assert c["ticks"].tolist() == [sum(int(t) == b for t in seconds) for b in in_window]
+
+
+def test_many_ticks_per_bucket_over_150_symbols_equal_batch_candles() -> None:
+    """Large and small batches of a disordered stream give the batch candles, exact volume included."""
+    rng = np.random.default_rng(7)
+    n = 30_000
+    ts = T0 + np.cumsum(rng.exponential(0.2 * NS, n)).astype(np.int64)  # ~100 minutes
+    late = rng.random(n) < 0.01
+    ts[late] -= rng.integers(0, 120 * NS, int(late.sum()))
+    frame = pd.DataFrame(
+        {
+            "symbol": np.asarray([f"SYM{i:03d}" for i in range(150)])[rng.integers(0, 150, n)],
+            "ts": ts,
+            "seq": np.arange(n, dtype=np.int64),
+            "price": 100 + np.round(rng.standard_normal(n), 2),
+            # Volumes whose float sums depend on order: only an exact sum matches.
+            "volume": rng.choice([0.1, 0.2, 0.3, 1e-8, 1e8, 7.77], n),
+        }
+    )
+    big, small = LiveCandles(), LiveCandles()
+    feed(big, frame, list(range(10_000, n, 10_000)))
+    feed(small, frame, list(range(50, n, 50)))
+    for timeframe in TIMEFRAMES:
+        expected = candles_frame(frame, timeframe)
+        for live in (big, small):
+            got = pd.concat(
+                [
+                    live.candles(s, timeframe, descending=False).assign(symbol=s)
+                    for s in sorted(live.symbols())
+                ],
+                ignore_index=True,
+            )
+            got = got[["symbol", *expected.columns[1:]]]
+            pd.testing.assert_frame_equal(got, expected, check_exact=True)
+
+
+def test_compiled_kernel_is_loaded_from_the_disk_cache_in_a_fresh_process() -> None:
+    """The JIT cost is paid once per machine and code version, not per process."""
+    code = (
+        "from hft_pipeline.ingest import live_candles as lc\n"
+        "lc.LiveCandles()\n"
+        "s = lc._apply_ticks.stats\n"
+        "print(sum(s.cache_hits.values()), sum(s.cache_misses.values()))\n"
+    )
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+        ).stdout.split()
+        for _ in range(2)
+    ]
+    assert runs[1] == ["1", "0"]  # the second process compiled nothing
+    assert live_candles._apply_ticks.stats.cache_path  # cached on disk, not just in memory
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2], [2, 1, 0], [1, 0, 2], [0, 2, 1]])
+@pytest.mark.parametrize("split", [False, True])
+def test_volume_is_the_correctly_rounded_exact_sum_for_any_order(
+    order: list[int], split: bool
+) -> None:
+    """2**53 + 1 + 2**-60 rounds to 2**53 + 2; dropping any error term gives 2**53 (tie to even)."""
+    volumes = [2.0**53, 1.0, 2.0**-60]
+    assert math.fsum(volumes) == 2.0**53 + 2
+    live = LiveCandles(timeframes={"1s": NS, "1m": 60 * NS})
+    ticks = [batch("R_100", [1.0 + 0.1 * i], [i], [1.0], [volumes[i]]) for i in order]
+    if not split:
+        ticks = [concat_batches(ticks)]
+    for b in ticks:
+        live.update(b)
+    for timeframe in ("1s", "1m"):
+        assert live.candles("R_100", timeframe)["volume"].tolist() == [2.0**53 + 2]
