@@ -3,11 +3,17 @@
 150 symbols, a random walk at ~1M ticks/s total (ts spacing ~1 us, a few ticks out of order),
 fed in batches of 10,000 through LiveCandles.update + TickBuffers.append, against pandas
 `groupby(symbol).resample(rule)` into the same 7 timeframes. Then the 50,000 ticks/s case:
-batches of ~50 ticks every 1 ms, per-batch latency p50/p99.
+batches of ~50 ticks every 1 ms, per-batch latency p50/p99. Last, the start-up cost of the
+numba kernel: import + `LiveCandles()` + first 50-tick update in a fresh process, with an empty
+compile cache and with the on-disk cache that every later start uses.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -196,10 +202,67 @@ def throughput_rows(quick: bool) -> list[dict]:
     ]
 
 
+_FIRST_UPDATE = """
+import time
+start = time.perf_counter()
+from benchmarks.candles import simulate
+from hft_pipeline.ingest.live_candles import LiveCandles
+batch = simulate(50, seed=3, ticks_per_second=50_000)
+live = LiveCandles()
+live.update(batch)
+print(time.perf_counter() - start)
+"""
+
+
+def _first_update_seconds(cache_dir: str | None) -> float:
+    """Seconds from a fresh interpreter's first import to its first update (timed inside)."""
+    env = dict(os.environ)
+    if cache_dir is not None:
+        env["NUMBA_CACHE_DIR"] = cache_dir
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-c", _FIRST_UPDATE],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        check=True,
+    )
+    return float(out.stdout.split()[-1])
+
+
+def startup_rows() -> list[dict]:
+    """Import + LiveCandles() + first update in a fresh process: cold compile, then cached."""
+    with tempfile.TemporaryDirectory() as empty:
+        cold = _first_update_seconds(empty)
+    _first_update_seconds(None)  # make sure the default on-disk cache is current
+    warm = _first_update_seconds(None)
+    return [
+        _row(
+            "candles",
+            "first update in a fresh process, kernel compiled (empty cache)",
+            cold,
+            "s",
+            higher_better=False,
+        ),
+        _row(
+            "candles",
+            "first update in a fresh process, kernel from disk cache",
+            warm,
+            "s",
+            "cold compile",
+            cold,
+            higher_better=False,
+            target="<= 2 s",
+            met=warm <= 2.0,
+        ),
+    ]
+
+
 def run(quick: bool = False) -> list[dict]:
     """Benchmark rows; latency first, in a process not yet churned by the 2M-tick run."""
     latency = latency_rows(quick)
-    return throughput_rows(quick) + latency
+    return throughput_rows(quick) + latency + startup_rows()
 
 
 def print_table(rows: list[dict]) -> None:
