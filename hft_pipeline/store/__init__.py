@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hft_pipeline.store.base import StoreUnavailableError, Subscription, TickStore, Watermark
+from hft_pipeline.store.base import (
+    BacktestRun,
+    StoreUnavailableError,
+    Subscription,
+    TickStore,
+    Watermark,
+)
 
 
 class UnsupportedStoreUrlError(ValueError):
@@ -46,6 +52,7 @@ def open_store(url: str, pool_size: int = 20) -> TickStore:
 
 
 __all__ = [
+    "BacktestRun",
     "StoreUnavailableError",
     "Subscription",
     "TickStore",

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
-from hft_pipeline.market.ticks import TickBatch
+from hft_pipeline.market.ticks import InvalidSymbolError, TickBatch, validate_symbol
+from hft_pipeline.market.timeframes import timeframe_ns
 
 
 class StoreUnavailableError(RuntimeError):
@@ -98,6 +101,79 @@ class TickStore(Protocol):
     def close(self) -> None:
         """Release connections."""
 
+    # -- inputs and results of the Dagster assets --------------------------------------------
+
+    def read_tick_range(
+        self, start_ns: int, end_ns: int, symbols: Sequence[str] | None = None
+    ) -> pd.DataFrame:
+        """Ticks of every (or the given) symbol with start_ns <= ts < end_ns.
+
+        Columns TICK_RANGE_COLUMNS (bid/ask NaN when absent), sorted by (symbol, ts, seq).
+        """
+
+    def tick_counts(self, start_ns: int, end_ns: int) -> dict[str, int]:
+        """Stored ticks per symbol with start_ns <= ts < end_ns (symbols without any left out)."""
+
+    def first_tick_ts(self) -> int | None:
+        """Time of the oldest stored tick, None if there is none."""
+
+    def replace_candles(
+        self, candles: pd.DataFrame, start_ns: int, end_ns: int, timeframes: Sequence[str]
+    ) -> int:
+        """Replace the stored candles of `timeframes` with start_ns <= ts < end_ns by `candles`.
+
+        `candles` has CANDLE_INPUT_COLUMNS. One transaction; a row outside the range or of
+        another timeframe raises ValueError before anything is written. Returns rows inserted.
+        """
+
+    def stored_candles(
+        self,
+        timeframe: str,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        symbols: Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        """Candles written by `replace_candles`: STORED_CANDLE_COLUMNS sorted by (symbol, ts)."""
+
+    def replace_indicators(
+        self, timeframe: str, values: pd.DataFrame, start_ns: int, end_ns: int
+    ) -> int:
+        """Replace `timeframe`'s indicator values with start_ns <= ts < end_ns, one transaction.
+
+        `values`: columns symbol, ts and any number of float indicator columns (NaN kept).
+        Returns the number of values (rows x indicator columns) written.
+        """
+
+    def stored_indicators(
+        self,
+        timeframe: str,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        symbols: Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        """Wide: symbol, ts, one float64 column per stored name (sorted); sorted by (symbol, ts)."""
+
+    def write_backtest(self, run: BacktestRun, metrics: pd.DataFrame, trades: pd.DataFrame) -> None:
+        """Store a run with its metrics (strategy, symbol, params, numeric columns) and trades.
+
+        Replaces an earlier run with the same run_key, in one transaction.
+        """
+
+    def backtest_runs(self) -> list[BacktestRun]:
+        """Every stored run, newest (created_ns) first."""
+
+    def backtest_metrics(self, run_key: str) -> pd.DataFrame:
+        """The metrics frame of `run_key` with the columns and dtypes it was written with."""
+
+    def backtest_trades(self, run_key: str) -> pd.DataFrame:
+        """The trades frame of `run_key` with the columns and dtypes it was written with."""
+
+    def write_comparison(self, run_key: str, ranked: pd.DataFrame) -> None:
+        """Store (or replace) the ranked comparison table of `run_key`."""
+
+    def latest_comparison(self) -> tuple[str, pd.DataFrame] | None:
+        """(run_key, ranked table) of the most recently written comparison, None if none."""
+
 
 @dataclass(frozen=True, slots=True)
 class SymbolTotals:
@@ -157,3 +233,378 @@ def recent_buckets_start(max_ts: int, tf_ns: int, limit: int, hi: int | None) ->
     if span > 2**62:
         return None
     return (top // tf_ns) * tf_ns - span
+
+
+# -- results of the Dagster assets: candles, indicators, backtests, comparisons ---------------
+
+#: Columns of `read_tick_range`, `replace_candles` input and `stored_candles`.
+TICK_RANGE_COLUMNS = ("symbol", "ts", "seq", "price", "volume", "bid", "ask")
+CANDLE_INPUT_COLUMNS = (
+    "timeframe",
+    "symbol",
+    "ts",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "ticks",
+)
+STORED_CANDLE_COLUMNS = ("symbol", "ts", "open", "high", "low", "close", "volume", "ticks")
+#: Text columns identifying one backtest column (metrics, comparison and trade rows).
+RESULT_KEY_COLUMNS = ("strategy", "symbol", "params")
+#: Columns every trades frame has (market.backtest.trade_list plus RESULT_KEY_COLUMNS).
+TRADE_TIME_COLUMNS = ("entry_time", "exit_time")
+TRADE_FLOAT_COLUMNS = ("size", "entry_price", "exit_price", "fees", "pnl", "return")
+
+
+@dataclass(frozen=True, slots=True)
+class BacktestRun:
+    """One backtests materialization; writing the same `run_key` again replaces it."""
+
+    run_key: str
+    created_ns: int
+    start_ns: int  # candle range the backtests covered: [start_ns, end_ns)
+    end_ns: int
+    timeframe: str
+    config: dict  # JSON-serializable: strategies, grids, fees, ...
+
+
+def config_json(config: dict) -> str:
+    """`config` as strict JSON (no NaN/inf), or ValueError saying why it cannot be stored."""
+    try:
+        return json.dumps(config, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"BacktestRun.config must be JSON-serializable: {exc}") from exc
+
+
+def validate_range(start_ns: int, end_ns: int) -> tuple[int, int]:
+    start_ns, end_ns = int(start_ns), int(end_ns)
+    if start_ns >= end_ns:
+        raise ValueError(f"empty range: start_ns={start_ns} must be < end_ns={end_ns}")
+    return start_ns, end_ns
+
+
+def _require_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what} lacks columns {missing}; it has {list(frame.columns)}")
+
+
+def _check_in_range(ts: np.ndarray, start_ns: int, end_ns: int, what: str) -> None:
+    outside = (ts < start_ns) | (ts >= end_ns)
+    if outside.any():
+        bad = int(ts[outside][0])
+        raise ValueError(
+            f"{what}: {int(outside.sum())} rows with ts outside [{start_ns}, {end_ns}), e.g. {bad}"
+        )
+
+
+def _symbol_column(frame: pd.DataFrame, what: str) -> np.ndarray:
+    symbols = frame["symbol"].to_numpy(dtype=object)
+    for name in pd.unique(symbols):
+        try:
+            validate_symbol(name)
+        except InvalidSymbolError as exc:
+            raise ValueError(f"{what}: {exc}") from exc
+    return symbols
+
+
+def _int_column(frame: pd.DataFrame, name: str, what: str) -> np.ndarray:
+    column = frame[name]
+    if not pd.api.types.is_integer_dtype(column.dtype):
+        raise ValueError(f"{what}: column {name!r} must be int64, not {column.dtype}")
+    return column.to_numpy(dtype=np.int64)
+
+
+def _float_column(frame: pd.DataFrame, name: str, what: str) -> np.ndarray:
+    column = frame[name]
+    if not (
+        pd.api.types.is_float_dtype(column.dtype) or pd.api.types.is_integer_dtype(column.dtype)
+    ):
+        raise ValueError(f"{what}: column {name!r} must be numeric, not {column.dtype}")
+    return column.to_numpy(dtype=np.float64)
+
+
+@dataclass(frozen=True, slots=True)
+class CandleRows:
+    """Validated `replace_candles` input as numpy columns (symbol names still as strings)."""
+
+    timeframe: np.ndarray  # object (str)
+    symbol: np.ndarray  # object (str)
+    ts: np.ndarray
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    volume: np.ndarray
+    ticks: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+
+def validate_candles(
+    candles: pd.DataFrame, start_ns: int, end_ns: int, timeframes: Sequence[str]
+) -> CandleRows:
+    """Check `replace_candles` input completely before anything is written (ValueError if bad)."""
+    what = "replace_candles"
+    start_ns, end_ns = validate_range(start_ns, end_ns)
+    allowed = set(timeframes)
+    if not allowed:
+        raise ValueError(f"{what}: give at least one timeframe to replace")
+    for tf in allowed:
+        timeframe_ns(tf)
+    _require_columns(candles, CANDLE_INPUT_COLUMNS, what)
+    tf_col = candles["timeframe"].to_numpy(dtype=object)
+    stray = sorted(set(pd.unique(tf_col)) - allowed, key=str)
+    if stray:
+        raise ValueError(f"{what}: rows with timeframes {stray} not in {sorted(allowed)}")
+    rows = CandleRows(
+        timeframe=tf_col,
+        symbol=_symbol_column(candles, what),
+        ts=_int_column(candles, "ts", what),
+        open=_float_column(candles, "open", what),
+        high=_float_column(candles, "high", what),
+        low=_float_column(candles, "low", what),
+        close=_float_column(candles, "close", what),
+        volume=_float_column(candles, "volume", what),
+        ticks=_int_column(candles, "ticks", what),
+    )
+    _check_in_range(rows.ts, start_ns, end_ns, what)
+    for name in ("open", "high", "low", "close", "volume"):
+        if np.isnan(getattr(rows, name)).any():
+            raise ValueError(f"{what}: column {name!r} has NaN (an empty bucket has no candle)")
+    if candles.duplicated(["timeframe", "symbol", "ts"]).any():
+        raise ValueError(f"{what}: duplicate (timeframe, symbol, ts) rows")
+    return rows
+
+
+def validate_indicators(
+    values: pd.DataFrame, start_ns: int, end_ns: int
+) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+    """Check `replace_indicators` input; return (symbol, ts, names, values[n_rows, n_names])."""
+    what = "replace_indicators"
+    start_ns, end_ns = validate_range(start_ns, end_ns)
+    _require_columns(values, ("symbol", "ts"), what)
+    names = [c for c in values.columns if c not in ("symbol", "ts")]
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{what}: indicator column names must be non-empty str, not {name!r}")
+    symbol = _symbol_column(values, what)
+    ts = _int_column(values, "ts", what)
+    _check_in_range(ts, start_ns, end_ns, what)
+    if values.duplicated(["symbol", "ts"]).any():
+        raise ValueError(f"{what}: duplicate (symbol, ts) rows")
+    matrix = np.empty((len(values), len(names)), np.float64)
+    for j, name in enumerate(names):
+        matrix[:, j] = _float_column(values, name, what)
+    return symbol, ts, names, matrix
+
+
+def sort_by_symbol(names: np.ndarray, *keys: np.ndarray) -> np.ndarray:
+    """Permutation ordering rows by (symbol name, *keys); `names` is an object array of str."""
+    codes = np.unique(names, return_inverse=True)[1] if len(names) else np.empty(0, np.int64)
+    return np.lexsort((*reversed(keys), codes))
+
+
+# -- result frames (metrics, comparisons, trades) <-> long numeric values ----------------------
+# Metric and comparison frames differ per strategy (parameter columns) and grow with
+# METRIC_COLUMNS, so they are stored long: one (row_no, name, value) per cell, text keys
+# alongside, and the column names and dtypes of the frame kept with the run to rebuild it.
+
+
+def _encode_numeric(column: pd.Series, name: str, what: str) -> np.ndarray:
+    kind = column.dtype.kind
+    if kind == "m":
+        ns = column.to_numpy().astype("m8[ns]").view(np.int64)
+        out = ns.astype(np.float64)
+        # Durations are exact up to 2**53 ns (104 days), far beyond any trade duration.
+        out[ns == np.iinfo(np.int64).min] = np.nan
+        return out
+    if kind in "iufb":
+        return column.to_numpy(dtype=np.float64)
+    raise ValueError(
+        f"{what}: column {name!r} has dtype {column.dtype}; only {list(RESULT_KEY_COLUMNS)} "
+        "may be text, every other column must be numeric or a timedelta"
+    )
+
+
+def restore_numeric(values: np.ndarray, dtype_name: str) -> np.ndarray | pd.Series:
+    """Inverse of `_encode_numeric` for a column written with dtype `dtype_name`."""
+    dtype = pd.api.types.pandas_dtype(dtype_name)
+    if dtype.kind == "m":
+        missing = np.isnan(values)
+        ns = np.where(missing, 0, values).astype(np.int64)
+        ns[missing] = np.iinfo(np.int64).min
+        return ns.view("m8[ns]").astype(dtype)
+    return values.astype(dtype)
+
+
+def _text_column(frame: pd.DataFrame, name: str, what: str) -> np.ndarray:
+    values = frame[name].to_numpy(dtype=object)
+    if not all(isinstance(v, str) for v in values):
+        raise ValueError(f"{what}: column {name!r} must hold str values only")
+    return values
+
+
+@dataclass(frozen=True, slots=True)
+class LongResults:
+    """A result frame as long cells: row keys, numeric cells and the frame's column schema."""
+
+    columns: list[list[str]]  # [[name, dtype], ...] in frame order
+    keys: dict[str, np.ndarray]  # RESULT_KEY_COLUMNS -> object arrays, one per frame row
+    names: list[str]  # numeric columns in frame order
+    values: np.ndarray  # float64 [n_rows, len(names)]
+
+    def cells(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row_no, name index, value) of every cell, row-major."""
+        n, m = self.values.shape
+        return np.repeat(np.arange(n), m), np.tile(np.arange(m), n), self.values.ravel()
+
+
+def encode_results(frame: pd.DataFrame, what: str) -> LongResults:
+    """Metrics or comparison frame -> LongResults (ValueError if a column cannot be stored)."""
+    _require_columns(frame, RESULT_KEY_COLUMNS, what)
+    names = [c for c in frame.columns if c not in RESULT_KEY_COLUMNS]
+    if frame.columns.duplicated().any():
+        raise ValueError(f"{what}: duplicate column names {list(frame.columns)}")
+    if not names:
+        raise ValueError(f"{what}: no metric columns besides {list(RESULT_KEY_COLUMNS)}")
+    for name in names:
+        if not isinstance(name, str):
+            raise ValueError(f"{what}: column names must be str, not {name!r}")
+    values = np.empty((len(frame), len(names)), np.float64)
+    for j, name in enumerate(names):
+        values[:, j] = _encode_numeric(frame[name], name, what)
+    keys = {k: _text_column(frame, k, what) for k in RESULT_KEY_COLUMNS}
+    columns = [[str(c), str(frame[c].dtype)] for c in frame.columns]
+    return LongResults(columns, keys, names, values)
+
+
+def decode_results(
+    columns: list[list[str]],
+    row_no: np.ndarray,
+    keys: dict[str, np.ndarray],
+    name: np.ndarray,
+    value: np.ndarray,
+) -> pd.DataFrame:
+    """Rebuild the frame written by `encode_results` from its stored cells (any order)."""
+    numeric = [c for c, _ in columns if c not in RESULT_KEY_COLUMNS]
+    n = int(row_no.max()) + 1 if len(row_no) else 0
+    position = {c: j for j, c in enumerate(numeric)}
+    col = np.fromiter((position[x] for x in name), np.int64, len(name))
+    matrix = np.full((n, len(numeric)), np.nan)
+    matrix[row_no, col] = value
+    first = np.zeros(n, np.int64)
+    first[row_no[::-1]] = np.arange(len(row_no))[::-1]
+    data: dict[str, Any] = {}
+    for c, dtype in columns:
+        if c in RESULT_KEY_COLUMNS:
+            data[c] = pd.Series(keys[c][first] if n else np.empty(0, object), dtype=dtype)
+        else:
+            data[c] = restore_numeric(matrix[:, position[c]], dtype)
+    return pd.DataFrame(data, columns=[c for c, _ in columns])
+
+
+def _time_ns(column: pd.Series, name: str, what: str) -> np.ndarray:
+    kind = column.dtype.kind
+    if kind == "M" or isinstance(column.dtype, pd.DatetimeTZDtype):
+        return pd.DatetimeIndex(column).as_unit("ns").asi8
+    if kind == "i":
+        return column.to_numpy(dtype=np.int64)
+    raise ValueError(f"{what}: column {name!r} must be datetime64 or int64 ns, not {column.dtype}")
+
+
+def restore_time(ns: np.ndarray, dtype_name: str) -> Any:
+    """Inverse of `_time_ns` for a column written with dtype `dtype_name`."""
+    dtype = pd.api.types.pandas_dtype(dtype_name)
+    if isinstance(dtype, pd.DatetimeTZDtype):
+        index = pd.DatetimeIndex(ns.view("M8[ns]")).tz_localize("UTC").tz_convert(dtype.tz)
+        return index.as_unit(dtype.unit)
+    return ns.view("M8[ns]").astype(dtype) if dtype.kind == "M" else ns.astype(dtype)
+
+
+@dataclass(frozen=True, slots=True)
+class TradeRows:
+    """A trades frame split into fixed columns and extra numeric columns (stored long)."""
+
+    columns: list[list[str]]
+    text: dict[str, np.ndarray]  # strategy, symbol, params, status
+    times: dict[str, np.ndarray]  # entry_time, exit_time as int64 ns
+    floats: dict[str, np.ndarray]  # TRADE_FLOAT_COLUMNS
+    extra: LongResults  # other (numeric) columns, e.g. the parameter levels of trade_list
+
+    def __len__(self) -> int:
+        return len(self.text["strategy"])
+
+
+def encode_trades(trades: pd.DataFrame) -> TradeRows:
+    """Trades frame -> TradeRows (ValueError if a column is missing or cannot be stored)."""
+    what = "write_backtest trades"
+    text_cols = (*RESULT_KEY_COLUMNS, "status")
+    _require_columns(trades, (*text_cols, *TRADE_TIME_COLUMNS, *TRADE_FLOAT_COLUMNS), what)
+    if trades.columns.duplicated().any():
+        raise ValueError(f"{what}: duplicate column names {list(trades.columns)}")
+    fixed = {*text_cols, *TRADE_TIME_COLUMNS, *TRADE_FLOAT_COLUMNS}
+    extra_names = [c for c in trades.columns if c not in fixed]
+    for name in extra_names:
+        if not isinstance(name, str):
+            raise ValueError(f"{what}: column names must be str, not {name!r}")
+    extra = np.empty((len(trades), len(extra_names)), np.float64)
+    for j, name in enumerate(extra_names):
+        extra[:, j] = _encode_numeric(trades[name], name, what)
+    return TradeRows(
+        columns=[[str(c), str(trades[c].dtype)] for c in trades.columns],
+        text={c: _text_column(trades, c, what) for c in text_cols},
+        times={c: _time_ns(trades[c], c, what) for c in TRADE_TIME_COLUMNS},
+        floats={c: _float_column(trades, c, what) for c in TRADE_FLOAT_COLUMNS},
+        extra=LongResults([], {}, extra_names, extra),
+    )
+
+
+def decode_trades(
+    columns: list[list[str]],
+    fixed: dict[str, np.ndarray],
+    extra_row: np.ndarray,
+    extra_name: np.ndarray,
+    extra_value: np.ndarray,
+) -> pd.DataFrame:
+    """Rebuild the trades frame from its fixed columns (row order) and extra cells."""
+    n = len(fixed["strategy"])
+    extra_names = [c for c, _ in columns if c not in fixed]
+    position = {c: j for j, c in enumerate(extra_names)}
+    matrix = np.full((n, len(extra_names)), np.nan)
+    if len(extra_row):
+        col = np.fromiter((position[x] for x in extra_name), np.int64, len(extra_name))
+        matrix[extra_row, col] = extra_value
+    data: dict[str, Any] = {}
+    for c, dtype in columns:
+        if c in TRADE_TIME_COLUMNS:
+            data[c] = restore_time(fixed[c], dtype)
+        elif c in fixed:
+            data[c] = pd.Series(fixed[c], dtype=dtype)
+        else:
+            data[c] = restore_numeric(matrix[:, position[c]], dtype)
+    return pd.DataFrame(data, columns=[c for c, _ in columns])
+
+
+def indicators_wide(
+    symbol: np.ndarray, ts: np.ndarray, name: np.ndarray, value: np.ndarray
+) -> pd.DataFrame:
+    """Long indicator cells (any order) -> symbol, ts, one column per name (sorted)."""
+    if not len(ts):
+        return pd.DataFrame(
+            {"symbol": np.empty(0, object), "ts": np.empty(0, np.int64)}, columns=["symbol", "ts"]
+        )
+    names, name_col = np.unique(name, return_inverse=True)
+    sym_codes = np.unique(symbol, return_inverse=True)[1]
+    order = np.lexsort((name_col, ts, sym_codes))
+    sym_codes, ts, name_col, value = sym_codes[order], ts[order], name_col[order], value[order]
+    new_row = np.r_[True, (sym_codes[1:] != sym_codes[:-1]) | (ts[1:] != ts[:-1])]
+    row = np.cumsum(new_row) - 1
+    matrix = np.full((int(row[-1]) + 1, len(names)), np.nan)
+    matrix[row, name_col] = value
+    data: dict[str, Any] = {"symbol": symbol[order][new_row], "ts": ts[new_row]}
+    data.update({str(n): matrix[:, j] for j, n in enumerate(names)})
+    return pd.DataFrame(data)

@@ -126,3 +126,25 @@ def decode_fixed_rows(payload: bytes, fields: list[tuple[str, str]]) -> np.ndarr
             raise ValueError(f"binary COPY column {name} is NULL or not {fmt}")
         out[name] = rows[name]
     return out
+
+
+def encode_fixed_rows(fields: list[tuple[str, np.ndarray | bytes]], n: int) -> bytes:
+    """A complete binary COPY payload of `n` rows whose fields all have a fixed width.
+
+    Each field is (big-endian numpy format, values) for a column of numbers (NaN is a value,
+    not NULL), or (name, bytes) for a text column holding the same value in every row: text
+    of one length has one width, so a whole block still encodes in one numpy call.
+    """
+    layout: list[tuple[str, str]] = [("nfields", ">i2")]
+    for i, (fmt, value) in enumerate(fields):
+        width = f"S{len(value)}" if isinstance(value, bytes) else fmt
+        layout += [(f"len{i}", ">i4"), (f"v{i}", width)]
+    rows = np.empty(n, np.dtype(layout))
+    rows["nfields"] = len(fields)
+    for i, (fmt, value) in enumerate(fields):
+        if isinstance(value, bytes):
+            rows[f"len{i}"] = len(value)
+        else:
+            rows[f"len{i}"] = np.dtype(fmt).itemsize
+        rows[f"v{i}"] = value
+    return COPY_HEADER + rows.tobytes() + COPY_TRAILER

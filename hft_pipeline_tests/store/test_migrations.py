@@ -17,6 +17,11 @@ from hft_pipeline.store.migrations import (
 )
 
 
+def versions(dialect: str) -> list[tuple[int, str]]:
+    """(version, name) of every migration file of `dialect`, in order."""
+    return [(m.version, m.name) for m in load_migrations(dialect)]
+
+
 def test_migration_files_are_versioned_in_order() -> None:
     for dialect in ("postgres", "sqlite"):
         found = load_migrations(dialect)
@@ -28,7 +33,7 @@ def test_migration_files_are_versioned_in_order() -> None:
 def test_sqlite_migrate_twice(tmp_path) -> None:
     conn = sqlite3.connect(tmp_path / "m.sqlite3", isolation_level=None)
     try:
-        assert migrate_sqlite(conn) == [1]
+        assert migrate_sqlite(conn) == [v for v, _ in versions("sqlite")]
         tables = {r[0] for r in conn.execute("select name from sqlite_master where type='table'")}
         assert {
             "symbols",
@@ -36,6 +41,8 @@ def test_sqlite_migrate_twice(tmp_path) -> None:
             "consumer_offsets",
             "subscriptions",
             "schema_migrations",
+            "candles",
+            "backtest_runs",
         } <= tables
         before = conn.execute("select * from schema_migrations").fetchall()
         assert migrate_sqlite(conn) == []
@@ -63,11 +70,10 @@ def test_postgres_concurrent_runners_apply_each_version_once(pg_dsn: str) -> Non
     for thread in threads:
         thread.join(timeout=60)
     assert errors == []
-    assert sorted(results) == [[], [], [1]]
+    assert sorted(results) == [[], [], [v for v, _ in versions("postgres")]]
     with psycopg.connect(pg_dsn) as conn:
-        assert conn.execute("select version, name from schema_migrations").fetchall() == [
-            (1, "init")
-        ]
+        applied = conn.execute("select version, name from schema_migrations order by 1").fetchall()
+        assert applied == versions("postgres")
         kind = conn.execute("select relkind from pg_class where relname = 'ticks'").fetchone()[0]
         assert kind == "p"  # no TimescaleDB here: native partitioning
 

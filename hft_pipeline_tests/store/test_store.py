@@ -11,6 +11,7 @@ import pytest
 from hft_pipeline.market.ticks import InvalidSymbolError, TickBatch
 from hft_pipeline.market.timeframes import PANDAS_RULES, PG_INTERVALS, TIMEFRAMES
 from hft_pipeline.store import UnsupportedStoreUrlError, open_store
+from hft_pipeline.store.migrations import load_migrations
 from hft_pipeline_tests.store.conftest import (
     Backend,
     assert_candles_equal,
@@ -112,9 +113,8 @@ def test_candles_before_1970_use_floor_buckets(backend: Backend) -> None:
         assert_candles_equal(got, pandas_candles(frame, "OLD", PANDAS_RULES[timeframe]))
 
 
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)  # date_bin is PostgreSQL
 def test_candles_match_date_bin_in_postgres(backend: Backend) -> None:
-    if backend.name != "postgres":
-        pytest.skip("date_bin is PostgreSQL")
     rng = np.random.default_rng(11)
     frame = make_ticks(rng, ["R_10"], 5000, T0, 2 * 3600 * NS, tick_ns=50_000_000)
     write_frame(backend.store, frame, 800, rng)
@@ -253,7 +253,10 @@ def test_subscriptions_survive_reopen(backend: Backend) -> None:
 
 def test_migrations_are_idempotent(backend: Backend) -> None:
     before = backend.query("select version, name, applied_at from schema_migrations order by 1")
-    assert [row[:2] for row in before] == [(1, "init")]
+    dialect = "sqlite" if backend.name == "sqlite" else "postgres"
+    assert [tuple(row[:2]) for row in before] == [
+        (m.version, m.name) for m in load_migrations(dialect)
+    ]
     assert backend.store.migrate() == []
     assert (
         backend.query("select version, name, applied_at from schema_migrations order by 1")
