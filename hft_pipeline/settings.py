@@ -38,6 +38,8 @@ class Settings:
     # Persister.
     persist_batch_size: int = 2000
     persist_batch_timeout_ms: int = 50
+    # Largest single transaction while the log holds a backlog (after an outage or restart).
+    persist_max_batch: int = 50_000
     persist_retry_initial_s: float = 0.1
     persist_retry_max_s: float = 5.0
     pool_size: int = 20
@@ -93,6 +95,11 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"HFT_{name.upper()} must be > 0, got {getattr(self, name)}")
+        if self.persist_max_batch < self.persist_batch_size:
+            raise SettingsError(
+                f"HFT_PERSIST_MAX_BATCH ({self.persist_max_batch}) must be >= "
+                f"HFT_PERSIST_BATCH_SIZE ({self.persist_batch_size})"
+            )
         if not 0 < self.api_port < 65536:
             raise SettingsError(f"HFT_API_PORT must be 1-65535, got {self.api_port}")
         if self.rate <= 0:

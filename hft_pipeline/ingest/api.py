@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl
 
 import msgspec
 import numpy as np
@@ -20,6 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field, field_validator
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hft_pipeline import __version__
 from hft_pipeline.ingest.service import IngestService
@@ -72,14 +76,51 @@ def parse_time(value: str | None, name: str) -> int | None:
     return int(stamp.value)
 
 
+class RawRow(msgspec.Struct, gc=False):
+    """One raw tick of a /ticks response (fields in response order)."""
+
+    time: str
+    ts: int
+    seq: int
+    price: float
+    volume: float
+
+
+class CandleRow(msgspec.Struct, gc=False):
+    """One candle of a /ticks response (fields in response order)."""
+
+    time: str
+    ts: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    ticks: int
+    closed: bool
+
+
+class TicksBody(msgspec.Struct, gc=False):
+    """The /ticks response."""
+
+    symbol: str
+    timeframe: str
+    order: str
+    count: int
+    source: str
+    data: msgspec.Raw  # the rows' JSON array, encoded by `_encode_rows`
+
+
 def _iso(ts: np.ndarray) -> list[str]:
-    return [s + "Z" for s in np.datetime_as_string(ts.astype("datetime64[ns]"), unit="us")]
+    """ISO-8601 UTC times to the microsecond (truncated), e.g. 2026-01-02T03:04:05.123456Z."""
+    return np.datetime_as_string(ts.astype("datetime64[ns]"), unit="us", timezone="UTC").tolist()
 
 
-def _rows(columns: dict[str, np.ndarray], fields: tuple[str, ...]) -> list[dict[str, Any]]:
-    names = ("time", *fields)
-    values = [_iso(columns["ts"]), *(np.asarray(columns[f]).tolist() for f in fields)]
-    return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
+def _rows(columns: dict[str, np.ndarray], row: type[RawRow] | type[CandleRow]) -> list:
+    """`columns` as row structs: built by `map` in C, no per-row dict or Python frame."""
+    fields = row.__struct_fields__[1:]
+    values = [np.asarray(columns[f]).tolist() for f in fields]
+    return list(map(row, _iso(columns["ts"]), *values))
 
 
 def _concat(parts: list[dict[str, np.ndarray]], fields: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -87,6 +128,69 @@ def _concat(parts: list[dict[str, np.ndarray]], fields: tuple[str, ...]) -> dict
     if not parts:
         return {f: np.empty(0) for f in fields}
     return {f: np.concatenate([np.asarray(p[f]) for p in parts]) for f in fields}
+
+
+def _encode_rows(
+    columns: dict[str, np.ndarray], row: type[RawRow] | type[CandleRow]
+) -> list[bytes]:
+    """Each row's JSON object without its braces, in order: `_json_array` joins them."""
+    if not len(columns["ts"]):
+        return []
+    # Rows hold numbers, booleans and ISO times only, so "},{" occurs only between rows.
+    return msgspec.json.encode(_rows(columns, row))[2:-2].split(b"},{")
+
+
+def _json_array(rows: list[bytes]) -> msgspec.Raw:
+    return msgspec.Raw(b"[{" + b"},{".join(rows) + b"}]" if rows else b"[]")
+
+
+class EncodedTicks:
+    """The JSON rows of the last newest-first raw answer per symbol, reused for the next one.
+
+    Consecutive /ticks answers of a symbol overlap in all but the ticks that arrived in between,
+    and encoding is most of an answer's cost. A cached row is reused only where the new answer's
+    columns equal the cached ones element by element, so late ticks merged into the ring (or any
+    other change) just cost a fresh encoding.
+    """
+
+    #: Rows cached per symbol at most (an answer holds up to MAX_LIMIT).
+    MAX_ROWS = 20_000
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[dict[str, np.ndarray], list[bytes]]] = {}
+
+    def rows(self, symbol: str, columns: dict[str, np.ndarray]) -> list[bytes]:
+        """JSON rows of `columns` (raw ticks, newest first), as `_encode_rows` would give."""
+        n = len(columns["ts"])
+        rows = self._reuse(symbol, columns, n)
+        if rows is None:
+            rows = _encode_rows(columns, RawRow)
+        if n <= self.MAX_ROWS:
+            self._last[symbol] = (columns, rows)
+        else:
+            self._last.pop(symbol, None)
+        return rows
+
+    def _reuse(self, symbol: str, columns: dict[str, np.ndarray], n: int) -> list[bytes] | None:
+        last = self._last.get(symbol)
+        if last is None or n == 0 or not len(last[1]):
+            return None
+        old, old_rows = last
+        ts, seq = columns["ts"], columns["seq"]
+        at = np.flatnonzero((ts == old["ts"][0]) & (seq == old["seq"][0]))
+        if not len(at):
+            return None
+        p = int(at[0])  # rows newer than the cached newest
+        m = min(n - p, len(old_rows))
+        # Bit for bit (0.0 and -0.0 compare equal but encode differently); every column is 8-byte.
+        if not all(
+            np.array_equal(columns[f][p : p + m].view(np.int64), old[f][:m].view(np.int64))
+            for f in RAW_FIELDS
+        ):
+            return None
+        newer = _encode_rows({f: columns[f][:p] for f in RAW_FIELDS}, RawRow)
+        older = _encode_rows({f: columns[f][p + m :] for f in RAW_FIELDS}, RawRow)
+        return newer + old_rows[:m] + older
 
 
 def _frame_columns(frame: pd.DataFrame, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -112,11 +216,40 @@ def require_token(
         )
 
 
+@dataclass(slots=True)
+class _StoredCandles:
+    """A store answer for candles before `end`, and when it may be reused.
+
+    `settle_offset`: the log end when the symbol's forming bucket of the finest timeframe had
+    passed `end`; every tick accepted since with ts < `end` was counted late. Once the persister
+    has stored the log up to there and no tick was late since, the store's candles before `end`
+    are final (DESIGN §2: closed candles change only through late ticks) and `columns` is kept.
+    """
+
+    settle_offset: int
+    columns: dict[str, np.ndarray] | None = None
+    rows: int = 0
+
+
 class TickQueries:
-    """Answers /ticks: memory serves what it holds completely, the store the rest."""
+    """Answers /ticks: memory serves what it holds completely, the store the rest.
+
+    Stored candles older than what memory completes are cached once final (see _StoredCandles):
+    without it, every /ticks?timeframe=1m aggregated the symbol's first minute in the store.
+    The cache assumes this process's persister is the only writer of its symbols' ticks (one
+    ingest process per symbol, DESIGN §3); any late tick empties it, as the live candles count
+    late ticks over all symbols.
+    """
+
+    #: Bounds of the stored-candles cache (entries, candles over all entries): oldest go first.
+    CACHE_ENTRIES = 2048
+    CACHE_ROWS = 1_000_000
 
     def __init__(self, service: IngestService) -> None:
         self.service = service
+        self._stored: dict[tuple, _StoredCandles] = {}
+        self._stored_rows = 0
+        self._late_seen = service.candles.late_total
 
     async def raw(
         self, symbol: str, start: int | None, end: int | None, limit: int, descending: bool
@@ -158,7 +291,7 @@ class TickQueries:
         ):
             return memory, "memory"
         store_end = complete_from if end is None else min(end, complete_from)
-        stored = await self._stored_candles(symbol, tf, start, store_end, limit, descending)
+        stored = await self._final_stored_candles(symbol, tf, start, store_end, limit, descending)
         stored["closed"] = np.ones(len(stored["ts"]), bool)
         parts = [memory, stored] if descending else [stored, memory]
         merged = _concat(parts, (*CANDLE_FIELDS, "closed"))
@@ -170,6 +303,123 @@ class TickQueries:
         )
         return _frame_columns(frame, CANDLE_FIELDS)
 
+    async def _final_stored_candles(
+        self, symbol: str, tf: str, start: int | None, end: int, limit: int, descending: bool
+    ) -> dict[str, np.ndarray]:
+        """Stored candles before `end` (which memory does not complete): cached once final."""
+        service = self.service
+        late = service.candles.late_total
+        persister, log = service.persister, service.log
+        if late != self._late_seen and log is not None:
+            # A late tick may have changed any stored candle: each is final again once the
+            # persister stored the log as it is now (forming buckets only move forward).
+            for entry in self._stored.values():
+                entry.settle_offset, entry.columns, entry.rows = log.end_offset, None, 0
+            self._stored_rows = 0
+            self._late_seen = late
+        key = (symbol, tf, start, end, limit, descending)
+        entry = self._stored.get(key)
+        if entry is not None and entry.columns is not None:
+            return dict(entry.columns)
+        if (
+            entry is None
+            and persister is not None
+            and log is not None
+            and self._finest_forming(symbol) >= end
+        ):
+            entry = self._remember(key, _StoredCandles(log.end_offset))
+        settled = (
+            entry is not None and persister is not None and persister.offset >= entry.settle_offset
+        )
+        stored = await self._stored_candles(symbol, tf, start, end, limit, descending)
+        if settled and service.candles.late_total == late and self._stored.get(key) is entry:
+            entry.columns, entry.rows = dict(stored), len(stored["ts"])
+            self._stored_rows += entry.rows
+            while self._stored_rows > self.CACHE_ROWS and len(self._stored) > 1:
+                self._evict_oldest()
+        return stored
+
+    def _finest_forming(self, symbol: str) -> int:
+        """Start of `symbol`'s forming bucket of the finest live timeframe (ticks before are late)."""
+        live = self.service.candles
+        finest = next(iter(live.timeframes))
+        newest = live.candles(symbol, finest, limit=1, descending=True)
+        return int(newest["ts"].iloc[0]) if len(newest) else np.iinfo(np.int64).min
+
+    def _remember(self, key: tuple, entry: _StoredCandles) -> _StoredCandles:
+        while len(self._stored) >= self.CACHE_ENTRIES:
+            self._evict_oldest()
+        self._stored[key] = entry
+        return entry
+
+    def _evict_oldest(self) -> None:
+        oldest = next(iter(self._stored))
+        self._stored_rows -= self._stored.pop(oldest).rows
+
+
+class TicksFastPath:
+    """Answers well-formed `GET /ticks/{symbol}` before FastAPI's routing and validation.
+
+    FastAPI resolves and validates the route's six parameters per request, which costs about as
+    much as answering from memory. Requests this class fully validates itself, with the same
+    rules, get the same body from the same function; anything else (bad or unusual input, and any
+    HTTPException of the answer) goes on to the FastAPI route, which answers or explains it.
+    """
+
+    _PREFIX = "/ticks/"
+    _PARAMS = frozenset(("timeframe", "limit", "start", "end", "order"))
+
+    def __init__(self, app: ASGIApp, answer: Callable[..., Awaitable[bytes]]) -> None:
+        self.app = app
+        self.answer = answer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        params = self._params(scope)
+        if params is not None:
+            try:
+                body = await self.answer(**params)
+            except HTTPException:
+                pass
+            else:
+                headers = [
+                    (b"content-length", str(len(body)).encode()),
+                    (b"content-type", b"application/json"),
+                ]
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+    def _params(self, scope: Scope) -> dict[str, Any] | None:
+        """The route's arguments if the request is one this fast path answers, else None."""
+        if scope["type"] != "http" or scope["method"] != "GET" or scope.get("root_path"):
+            return None
+        path: str = scope["path"]
+        if not path.startswith(self._PREFIX):
+            return None
+        symbol = path[len(self._PREFIX) :]
+        if not SYMBOL_PATTERN.fullmatch(symbol):
+            return None
+        pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        query = dict(pairs)
+        if len(query) != len(pairs) or not query.keys() <= self._PARAMS:
+            return None
+        timeframe = query.get("timeframe", "raw")
+        order = query.get("order", "desc")
+        limit = query.get("limit", "1000")
+        if timeframe not in ALL_TIMEFRAMES or order not in ("desc", "asc"):
+            return None
+        if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_LIMIT):
+            return None
+        return {
+            "symbol": symbol,
+            "timeframe": timeframe,
+            "limit": int(limit),
+            "start": query.get("start"),
+            "end": query.get("end"),
+            "order": order,
+        }
+
 
 def create_app(service: IngestService) -> FastAPI:
     """The FastAPI application serving `service`."""
@@ -179,7 +429,9 @@ def create_app(service: IngestService) -> FastAPI:
         description="Real-time ticks and candles with durable persistence.",
     )
     queries = TickQueries(service)
+    encoded_ticks = EncodedTicks()
     app.state.service = service
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
@@ -219,6 +471,33 @@ def create_app(service: IngestService) -> FastAPI:
         ]
         return {"count": len(items), "subscriptions": items}
 
+    async def answer_ticks(
+        symbol: str, timeframe: str, limit: int, start: str | None, end: str | None, order: str
+    ) -> bytes:
+        """The /ticks body for validated parameters; HTTPException for what they cannot answer."""
+        start_ns, end_ns = parse_time(start, "start"), parse_time(end, "end")
+        if start_ns is not None and end_ns is not None and start_ns >= end_ns:
+            raise HTTPException(422, f"start ({start}) must be before end ({end})")
+        known = symbol in service.exchanges or service.buffers.count(symbol) > 0
+        if not known and symbol not in await asyncio.to_thread(service.store.symbols):
+            raise HTTPException(404, f"no subscription and no stored ticks for {symbol}")
+        descending = order == "desc"
+        if timeframe == "raw":
+            columns, source = await queries.raw(symbol, start_ns, end_ns, limit, descending)
+            if descending and source == "memory":
+                rows = encoded_ticks.rows(symbol, columns)
+            else:
+                rows = _encode_rows(columns, RawRow)
+        else:
+            columns, source = await queries.candles(
+                symbol, timeframe, start_ns, end_ns, limit, descending
+            )
+            rows = _encode_rows(columns, CandleRow)
+        body = TicksBody(symbol, timeframe, order, len(rows), source, _json_array(rows))
+        return msgspec.json.encode(body)
+
+    app.add_middleware(TicksFastPath, answer=answer_ticks)
+
     @app.get("/ticks/{symbol}")
     async def ticks(
         symbol: Annotated[str, Path(pattern=SYMBOL_PATTERN.pattern, description="Symbol name")],
@@ -235,30 +514,8 @@ def create_app(service: IngestService) -> FastAPI:
         ] = "desc",
     ) -> Response:
         """Raw ticks or candles of a symbol, most recent first unless order=asc."""
-        start_ns, end_ns = parse_time(start, "start"), parse_time(end, "end")
-        if start_ns is not None and end_ns is not None and start_ns >= end_ns:
-            raise HTTPException(422, f"start ({start}) must be before end ({end})")
-        known = symbol in service.exchanges or service.buffers.count(symbol) > 0
-        if not known and symbol not in await asyncio.to_thread(service.store.symbols):
-            raise HTTPException(404, f"no subscription and no stored ticks for {symbol}")
-        descending = order == "desc"
-        if timeframe == "raw":
-            columns, source = await queries.raw(symbol, start_ns, end_ns, limit, descending)
-            rows = _rows(columns, RAW_FIELDS)
-        else:
-            columns, source = await queries.candles(
-                symbol, timeframe, start_ns, end_ns, limit, descending
-            )
-            rows = _rows(columns, (*CANDLE_FIELDS, "closed"))
-        body = {
-            "symbol": symbol,
-            "timeframe": timeframe,
-            "order": order,
-            "count": len(rows),
-            "source": source,
-            "data": rows,
-        }
-        return Response(msgspec.json.encode(body), media_type="application/json")
+        body = await answer_ticks(symbol, timeframe, limit, start, end, order)
+        return Response(body, media_type="application/json")
 
     @app.get("/status")
     async def status() -> dict[str, Any]:

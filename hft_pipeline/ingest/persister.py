@@ -19,6 +19,7 @@ from hft_pipeline.store.base import StoreUnavailableError, TickStore
 log = logging.getLogger(__name__)
 
 RETENTION_INTERVAL_S = 5.0
+_EMPTY = TickBatch.empty()
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,7 @@ class Persister:
         metrics: IngestMetrics | None = None,
         batch_size: int = 2000,
         batch_timeout_s: float = 0.05,
+        max_batch: int = 50_000,
         retry_initial_s: float = 0.1,
         retry_max_s: float = 5.0,
         stream: str = "ticklog",
@@ -51,6 +53,9 @@ class Persister:
         self.metrics = metrics or IngestMetrics()
         self.batch_size = batch_size
         self.batch_timeout_s = batch_timeout_s
+        if max_batch < batch_size:
+            raise ValueError(f"max_batch ({max_batch}) must be >= batch_size ({batch_size})")
+        self.max_batch = max_batch
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
         self.stream = stream
@@ -107,7 +112,12 @@ class Persister:
             stopping = self._stop.is_set()
             if stopping and self._drain_deadline is not None and time.monotonic() > self._drain_deadline:
                 return
-            batch, after = self.log.read(next_offset, self.batch_size - pending_ticks)
+            # A full batch is written at once, unless the log already holds more (a backlog
+            # after an outage, a restart or a burst): then up to max_batch ticks go in one
+            # transaction, which amortizes the per-commit cost and lets the store catch up.
+            backlog = pending_ticks >= self.batch_size and next_offset < self.log.end_offset
+            limit = (self.max_batch if backlog else self.batch_size) - pending_ticks
+            batch, after = self.log.read(next_offset, limit) if limit > 0 else (_EMPTY, next_offset)
             if len(batch):
                 if not pending:
                     first_seen = time.monotonic()
@@ -116,7 +126,8 @@ class Persister:
                 next_offset = after
             elif after != next_offset:  # records with no ticks still move the offset
                 next_offset = after
-            due = pending_ticks >= self.batch_size or (
+            caught_up = next_offset >= self.log.end_offset
+            due = pending_ticks >= self.max_batch or (pending_ticks >= self.batch_size and caught_up) or (
                 pending and (stopping or time.monotonic() - first_seen >= self.batch_timeout_s)
             )
             if due or (not pending and next_offset != self.offset):

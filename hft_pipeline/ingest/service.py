@@ -128,6 +128,7 @@ class IngestService:
             self.metrics,
             batch_size=s.persist_batch_size,
             batch_timeout_s=s.persist_batch_timeout_ms / 1000,
+            max_batch=s.persist_max_batch,
             retry_initial_s=s.persist_retry_initial_s,
             retry_max_s=s.persist_retry_max_s,
             stream=stream,

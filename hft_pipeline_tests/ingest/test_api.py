@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime, timedelta
 
+import msgspec
 import numpy as np
 import pytest
 
+from hft_pipeline.ingest.api import (
+    CANDLE_FIELDS,
+    RAW_FIELDS,
+    CandleRow,
+    EncodedTicks,
+    RawRow,
+    _encode_rows,
+    _json_array,
+)
 from hft_pipeline.market.candles import resample_reference
 from hft_pipeline.market.ticks import TickBatch
 from hft_pipeline.settings import Settings
@@ -27,7 +38,10 @@ def svc(tmp_path):
     settings = Settings(home=tmp_path / "home", symbols=("PETR4", "VALE3"), api_token="s3cret")
     with running_service(settings, feed=feed) as running:
         running.http.headers["Authorization"] = "Bearer s3cret"
-        running.wait(lambda: running.service.counters.accepted == 2500)
+        # Persisted too: answers reaching past memory's oldest tick read the store.
+        running.wait(
+            lambda: running.service.counters.accepted == 2500 and running.service.pending_ticks == 0
+        )
         yield running
 
 
@@ -195,3 +209,167 @@ def test_subscriptions_are_restored_on_restart(tmp_path):
         }
         assert subs == {"PETR4": "SIM", "frxEURUSD": "FX"}
         assert set(svc.service.feed.subscribed) == {"PETR4", "frxEURUSD"}
+
+
+def _reference_json(columns: dict[str, np.ndarray], fields: tuple[str, ...]) -> bytes:
+    """One dict per row with the time formatted by the standard library: what /ticks returned."""
+    epoch = datetime(1970, 1, 1)
+    rows = [
+        {
+            "time": (epoch + timedelta(microseconds=int(ts) // 1000)).strftime(
+                "%Y-%m-%dT%H:%M:%S.%fZ"
+            ),
+            **{f: np.asarray(columns[f])[i].item() for f in fields},
+        }
+        for i, ts in enumerate(columns["ts"])
+    ]
+    return msgspec.json.encode(rows)
+
+
+def _random_raw(rng: np.random.Generator, n: int, t0: int = NOW_S * 10**9) -> dict:
+    return {
+        "ts": t0 + np.cumsum(rng.integers(0, 3 * 10**9, n)),
+        "seq": np.arange(n, dtype=np.int64) + 10**12,
+        "price": np.round(rng.random(n) * 1e4, 3),
+        "volume": rng.random(n) * [1e-9, 1.0, 1e17][n % 3],
+    }
+
+
+def test_rows_encode_exactly_like_one_dict_per_row():
+    rng = np.random.default_rng(7)
+    for n in (0, 1, 999):
+        raw = _random_raw(rng, n)
+        assert bytes(_json_array(_encode_rows(raw, RawRow))) == _reference_json(raw, RAW_FIELDS)
+        candles = {
+            "ts": np.sort(rng.integers(0, 2**62, n)) // 60 * 60,
+            "open": rng.random(n),
+            "high": rng.random(n) * 1e300,
+            "low": rng.random(n) * 1e-300,
+            "close": rng.random(n),
+            "volume": rng.random(n),
+            "ticks": rng.integers(1, 10**9, n),
+            "closed": rng.random(n) > 0.5,
+        }
+        fields = (*CANDLE_FIELDS, "closed")
+        got = bytes(_json_array(_encode_rows(candles, CandleRow)))
+        assert got == _reference_json(candles, fields)
+        assert [r["closed"] for r in msgspec.json.decode(got)] == candles["closed"].tolist()
+
+
+def test_encoded_ticks_reuse_only_identical_rows():
+    """Answers of a growing, then disordered tick series encode as if nothing were cached."""
+    rng = np.random.default_rng(11)
+    series = _random_raw(rng, 5000)
+    encoded = EncodedTicks()
+
+    def newest(cols: dict, hi: int, limit: int) -> dict:
+        return {f: cols[f][max(0, hi - limit) : hi][::-1].copy() for f in RAW_FIELDS}
+
+    answers = [(3000, 1000), (3000, 1000), (3050, 1000), (3051, 10), (3400, 1000), (3400, 2500)]
+    for hi, limit in answers:
+        cols = newest(series, hi, limit)
+        assert encoded.rows("X", cols) == _encode_rows(cols, RawRow)
+    # A late tick lands in the middle of what was cached; a price is corrected.
+    late = {f: np.insert(series[f], 3300, series[f][3299]) for f in RAW_FIELDS}
+    late["seq"][3300] += 1
+    late["seq"][3301:] += 1
+    late["price"][3300] = 1.5
+    for hi, limit in ((3401, 1000), (3402, 1000)):
+        cols = newest(late, hi, limit)
+        assert encoded.rows("X", cols) == _encode_rows(cols, RawRow)
+    cols = newest(late, 3402, 1000)
+    cols["price"] = cols["price"].copy()
+    cols["price"][500] += 0.25
+    assert encoded.rows("X", cols) == _encode_rows(cols, RawRow)
+    cols = newest(late, 3402, 1000)
+    cols["volume"] = np.where(cols["volume"] == cols["volume"][700], -0.0, cols["volume"])
+    encoded.rows("X", {f: np.where(cols[f] == -0.0, 0.0, cols[f]) for f in RAW_FIELDS})
+    assert encoded.rows("X", cols) == _encode_rows(cols, RawRow)
+    assert b'"volume":-0.0' in b"".join(encoded.rows("X", cols))
+    assert encoded.rows("X", newest(late, 3402, 0)) == []
+
+
+def test_stored_candles_are_reused_once_final_and_refreshed_by_a_late_tick(tmp_path):
+    """Memory completes 1m candles only after its first minute, so that one comes from the
+    store: asked once when final, asked again after a late tick changed it."""
+    first = ticks("PETR4", 2000)
+    feed = ScriptedFeed([first])
+    settings = Settings(home=tmp_path / "home", symbols=("PETR4",))
+    with running_service(settings, feed=feed) as svc:
+        service = svc.service
+        svc.wait(lambda: service.counters.accepted == 2000 and service.pending_ticks == 0)
+        store_calls = []
+        candles = service.store.candles
+
+        def counted(*args):
+            store_calls.append(args)
+            return candles(*args)
+
+        service.store.candles = counted
+
+        def answer() -> list[tuple]:
+            body = svc.get("/ticks/PETR4", timeframe="1m", limit=1000, order="asc").json()
+            assert body["source"] == "memory+store"
+            return [
+                (r["ts"], r["open"], r["high"], r["low"], r["close"], r["volume"], r["ticks"])
+                for r in body["data"]
+            ]
+
+        def expected(frame) -> list[tuple]:
+            want = resample_reference(frame, "1m")
+            cols = ("open", "high", "low", "close", "volume", "ticks")
+            return list(zip(want["ts"].astype("int64"), *(want[c] for c in cols), strict=True))
+
+        assert answer() == expected(first.to_frame())
+        assert answer() == answer() == expected(first.to_frame())
+        assert len(store_calls) == 1  # final at the first answer: the store is asked once
+
+        late = TickBatch.from_columns(
+            "PETR4", [int(first.ts[0]) + 1], [2000], [99.0], [7.0]
+        )  # into the first minute, which only the store completes
+        feed.push(late)
+        svc.wait(lambda: service.counters.accepted == 2001 and service.pending_ticks == 0)
+        assert service.candles.late_total == 1
+        both = TickBatch.from_columns(
+            "PETR4",
+            np.append(first.ts, late.ts),
+            np.append(first.seq, late.seq),
+            np.append(first.price, late.price),
+            np.append(first.volume, late.volume),
+        )
+        got = answer()
+        assert got == expected(both.to_frame()) and got[0][2] == 99.0
+        assert answer() == got
+        assert len(store_calls) == 2
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"limit": 7, "order": "asc"},
+        {"timeframe": "1m", "limit": 3},
+        {"timeframe": "15s", "order": "asc", "start": str((NOW_S - 590) * 10**9)},
+        {"start": "", "end": "", "limit": "100000"},
+    ],
+)
+def test_fast_path_answers_like_the_fastapi_route(svc, params):
+    """An unknown query parameter sends the request through FastAPI's route: same answer."""
+    fast = svc.get("/ticks/PETR4", **params)
+    routed = svc.get("/ticks/PETR4", **params, via="fastapi")
+    assert fast.status_code == routed.status_code == 200
+    assert fast.content == routed.content and len(fast.json()["data"]) == fast.json()["count"]
+    assert fast.headers["content-type"] == routed.headers["content-type"] == "application/json"
+    assert fast.headers["content-length"] == routed.headers["content-length"]
+
+
+def test_fast_path_leaves_bad_input_to_fastapi(svc):
+    for path, params in [
+        ("/ticks/PETR4", {"limit": "010"}),  # FastAPI's int parsing decides
+        ("/ticks/PETR4", {"limit": ["5", "6"]}),
+        ("/ticks/PETR4/", {}),
+    ]:
+        fast = svc.get(path, **params)
+        routed = svc.get(path, **params, via="fastapi")
+        assert (fast.status_code, fast.content) == (routed.status_code, routed.content)
+    assert svc.get("/ticks/PETR4", limit="010").json()["count"] == 10

@@ -158,3 +158,60 @@ def test_stop_while_store_down_keeps_the_backlog_in_the_log(tmp_path):
     p2.stop(1)
     log.close()
     inner.close()
+
+
+class RecordingStore:
+    """Wraps a store and records the size of every write_ticks call."""
+
+    def __init__(self, store):
+        self.store = store
+        self.sizes = []
+
+    def write_ticks(self, batch, offset, stream="ticklog"):
+        self.sizes.append(len(batch))
+        self.store.write_ticks(batch, offset, stream)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def test_backlog_is_written_in_transactions_up_to_max_batch(tmp_path):
+    log = TickLog(tmp_path / "log", fsync="off")
+    store = RecordingStore(SqliteStore(tmp_path / "s.sqlite3"))
+    store.migrate()
+    bs = batches(60, 500)  # 30,000 ticks already in the log when the persister starts
+    for b in bs:
+        log.append(b)
+    p = Persister(log, store, batch_size=1000, batch_timeout_s=0.02, max_batch=8000)
+    p.start(0)
+    assert wait_for(lambda: p.offset == log.end_offset)
+    assert p.stop(5)
+    # 30,000 ticks in records of 500: writes of 8,000 while behind, never above max_batch
+    assert store.sizes[:3] == [8000, 8000, 8000]
+    assert sum(store.sizes) == 30_000 and max(store.sizes) <= 8000
+    got, want = stored(store), expected(bs)
+    pd.testing.assert_frame_equal(
+        got[want.columns.drop("bid").drop("ask")], want.drop(columns=["bid", "ask"])
+    )
+    # once caught up, a live trickle goes back to batch_size writes
+    store.sizes.clear()
+    p2 = Persister(log, store, batch_size=1000, batch_timeout_s=0.02, max_batch=8000)
+    p2.start(log.end_offset)
+    for b in batches(4, 500, symbols=("D", "E")):
+        log.append(b)
+        p2.notify()
+        time.sleep(0.1)
+    assert wait_for(lambda: p2.offset == log.end_offset)
+    p2.stop(5)
+    assert max(store.sizes) <= 1000
+    log.close()
+    store.close()
+
+
+def test_max_batch_below_batch_size_is_refused(tmp_path):
+    import pytest
+
+    log = TickLog(tmp_path / "log", fsync="off")
+    with pytest.raises(ValueError, match="max_batch"):
+        Persister(log, None, batch_size=2000, max_batch=100)
+    log.close()
