@@ -1,0 +1,1 @@
+"""Tests of hft_pipeline.observability."""
