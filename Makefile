@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/hft ingest
+	$(VENV)/bin/hft up
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q -p no:cacheprovider

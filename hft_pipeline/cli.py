@@ -54,6 +54,25 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     return 0 if report.failed == 0 and report.checks else 1
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    from hft_pipeline.launcher import UpConfig, run_up
+
+    settings = _settings(args)
+    extra = [] if args.rate is None else ["--rate", str(args.rate)]
+    if args.symbols:
+        extra += ["--symbols", args.symbols]
+    config = UpConfig(
+        home=settings.home.resolve(),
+        api_host=settings.api_host,
+        api_port=settings.api_port,
+        dagster_port=args.dagster_port,
+        dagster_home=Path(args.dagster_home).resolve() if args.dagster_home else None,
+        store_url=args.store or "",
+        ingest_args=extra,
+    )
+    return run_up(config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hft", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -82,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--no-progress", action="store_true", help="no progress bar")
     common(imp)
     imp.set_defaults(func=cmd_import)
+
+    up = sub.add_parser("up", help="run the ingest service and the Dagster UI + daemon together")
+    up.add_argument("--rate", type=float, help="simulator ticks/s in total [HFT_RATE, 1000]")
+    up.add_argument("--symbols", help="extra comma-separated symbols [HFT_SYMBOLS]")
+    up.add_argument("--port", type=int, help="ingest API port [HFT_API_PORT, 8002]")
+    up.add_argument("--dagster-port", type=int, default=3000, help="Dagster UI port [3000]")
+    up.add_argument(
+        "--dagster-home", help="Dagster instance directory [DAGSTER_HOME, HOME/dagster]"
+    )
+    common(up)
+    up.set_defaults(func=cmd_up)
 
     smoke = sub.add_parser("smoke", help="end-to-end check of a running ingest API")
     smoke.add_argument("url", nargs="?", default="http://127.0.0.1:8002")

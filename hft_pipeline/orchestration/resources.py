@@ -1,0 +1,104 @@
+"""Dagster resources: the tick store (SQLite or PostgreSQL) and the ingest service's HTTP API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import requests
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from hft_pipeline.settings import Settings
+from hft_pipeline.store import TickStore, open_store
+
+
+class StoreResource(ConfigurableResource):
+    """The tick store assets read ticks from and write candles, indicators and results to."""
+
+    store_url: str = Field(
+        default="",
+        description="sqlite:///PATH or postgresql://...; empty: HFT_STORE_URL, else the "
+        "embedded SQLite file under HFT_HOME (Settings.resolved_store_url).",
+    )
+    pool_size: int = Field(default=4, description="PostgreSQL connections per step.")
+
+    @property
+    def url(self) -> str:
+        """The store URL this resource opens."""
+        return self.store_url or Settings.from_env().resolved_store_url
+
+    @contextmanager
+    def open(self) -> Iterator[TickStore]:
+        """A migrated store, closed when the block ends."""
+        store = open_store(self.url, pool_size=self.pool_size)
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+class IngestApiError(RuntimeError):
+    """The ingest API did not answer, or answered with an error status."""
+
+    def __init__(self, message: str, status: int | None = None, body: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+class IngestApiResource(ConfigurableResource):
+    """Client of the ingest service's HTTP API (DESIGN §4)."""
+
+    base_url: str = Field(default="http://127.0.0.1:8002", description="Ingest API root URL.")
+    token: str | None = Field(default=None, description="Bearer token (HFT_API_TOKEN), if set.")
+    timeout: float = Field(default=5.0, description="Seconds per request.")
+
+    def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        url = self.base_url.rstrip("/") + path
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            response = requests.get(url, params=params, headers=headers, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise IngestApiError(f"GET {url} failed: {exc}") from exc
+        try:
+            body = response.json()
+        except ValueError:
+            body = response.text
+        if response.status_code != 200:
+            detail = body.get("problems") or body.get("detail") if isinstance(body, dict) else body
+            raise IngestApiError(
+                f"GET {url} answered {response.status_code}: {detail}",
+                status=response.status_code,
+                body=body,
+            )
+        if not isinstance(body, dict):
+            raise IngestApiError(f"GET {url} answered 200 without a JSON object", 200, body)
+        return body
+
+    def health(self) -> dict[str, Any]:
+        """`/health` body when healthy; IngestApiError (status 503 and the body) when degraded."""
+        return self._get("/health")
+
+    def status(self) -> dict[str, Any]:
+        """`/status` body: counts, persistence lag, pending ticks, log and buffer sizes."""
+        return self._get("/status")
+
+    def candles(
+        self, symbol: str, timeframe: str, start_ns: int, end_ns: int, limit: int = 10_000
+    ) -> dict[str, Any]:
+        """`/ticks/{symbol}` candles in [start_ns, end_ns), oldest first (keys: source, data)."""
+        return self._get(
+            f"/ticks/{symbol}",
+            {
+                "timeframe": timeframe,
+                "start": str(start_ns),
+                "end": str(end_ns),
+                "limit": str(limit),
+                "order": "asc",
+            },
+        )
+
+
+__all__ = ["IngestApiError", "IngestApiResource", "StoreResource"]
