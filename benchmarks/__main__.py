@@ -28,6 +28,7 @@ MODULES = (
     "store_copy",
     "simulator",
     "analytics",
+    "dagster",
 )
 
 

@@ -15,6 +15,13 @@ Candles: 1000 one-minute candles would need ~17 h of data, so the 1m responses h
 has (a few candles); their mean `count` is reported. Raw responses hold 1000 ticks once the ring
 buffers have filled (checked before measuring).
 
+Memory completes a symbol's 1m candles only from its first whole minute on, so the candle of the
+service's first minute comes from the store, which aggregates it from ticks; the API keeps that
+answer once it is final (persisted, no late tick since). A long-running service is in that
+steady state, so the 1m phase starts after the first minute closed and after two cold passes
+(every symbol asked once, the persister catches up, every symbol asked again: that answer is final
+and kept); the cold passes' latencies are reported apart.
+
 Run: `.venv/bin/python -m benchmarks.api [--quick]`.
 """
 
@@ -123,6 +130,48 @@ def _phase(pool: ProcessPoolExecutor, port: int, paths: list[str], seconds: floa
     }
 
 
+def _cold_pass(port: int, paths: list[str]) -> dict:
+    """Every path once over CLIENT_PROCS * CLIENT_THREADS connections: latency percentiles."""
+    chunks = [
+        paths[i :: CLIENT_PROCS * CLIENT_THREADS] for i in range(CLIENT_PROCS * CLIENT_THREADS)
+    ]
+
+    def ask(chunk: list[str]) -> list[float]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        latencies = []
+        try:
+            for path in chunk:
+                started = time.perf_counter()
+                conn.request("GET", path)
+                response = conn.getresponse()
+                response.read()
+                if response.status == 200:
+                    latencies.append(time.perf_counter() - started)
+        finally:
+            conn.close()
+        return latencies
+
+    with ThreadPoolExecutor(len(chunks)) as pool:
+        latencies = np.array([x for part in pool.map(ask, chunks) for x in part]) * 1e3
+    return {"answers": len(latencies), "ms": percentiles(latencies, (50, 95, 99))}
+
+
+def _wait_steady_1m(base: str, started_wall: float, port: int, paths: list[str]) -> dict:
+    """Wait for the first minute to close, ask every symbol once, wait for the persister."""
+    time.sleep(max(0.0, (started_wall // 60 + 1) * 60 + 2 - time.time()))
+    cold = _cold_pass(port, paths)
+    # The first answers are not final yet (their ticks were still being persisted): the first
+    # answer after the persister caught up is, and is kept.
+    target = requests.get(base + "/status", timeout=10).json()["log"]["end_offset"]
+    deadline = time.monotonic() + 60
+    while requests.get(base + "/status", timeout=10).json()["persistence"]["offset"] < target:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the persister did not catch up within 60 s")
+        time.sleep(0.2)
+    cold["settle"] = _cold_pass(port, paths)
+    return cold
+
+
 def _wait_ready(base: str, proc: subprocess.Popen, symbols: list[str], timeout: float) -> None:
     """Wait until the API answers and every ring buffer holds LIMIT ticks."""
     deadline = time.monotonic() + timeout
@@ -155,6 +204,7 @@ def _serve_and_load(store: str, symbols: list[str], seconds: float) -> dict[str,
         ]  # fmt: skip
         if store == "postgresql":
             cmd += ["--store", stack.enter_context(scratch_database("hft_bench_api"))]
+        started_wall = time.time()
         with open(Path(home) / "ingest.log", "w") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
@@ -164,8 +214,13 @@ def _serve_and_load(store: str, symbols: list[str], seconds: float) -> dict[str,
                 "raw": [f"/ticks/{s}?timeframe=raw&limit={LIMIT}" for s in symbols],
                 "1m": [f"/ticks/{s}?timeframe=1m&limit={LIMIT}" for s in symbols],
             }
+            results: dict[str, dict] = {}
             with ProcessPoolExecutor(CLIENT_PROCS) as pool:
-                return {name: _phase(pool, port, paths, seconds) for name, paths in phases.items()}
+                for name, paths in phases.items():
+                    if name == "1m":
+                        results["1m_cold"] = _wait_steady_1m(base, started_wall, port, paths)
+                    results[name] = _phase(pool, port, paths, seconds)
+            return results
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -212,6 +267,14 @@ def run(quick: bool = False) -> list[dict]:
                 row("api", f"ingest accepted ticks/s while serving {name}{tag}",
                     r["ingest_rate"], "ticks/s", target=f"~{RATE:,.0f} ticks/s",
                     met=r["ingest_rate"] >= 0.95 * RATE),
+            ]  # fmt: skip
+        cold = results["1m_cold"]
+        for what, part in (("first", cold), ("second (final, kept)", cold["settle"])):
+            rows += [
+                row("api", f"{what} 1m answer per symbol after the first minute closed, "
+                    f"p{q}{tag}", part["ms"][q], "ms",
+                    baseline=f"{part['answers']} answers, one per symbol")
+                for q in (50, 99)
             ]  # fmt: skip
         rows.append(
             row("api", f"ingest accepted ticks/s while serving /test{tag}", floor["ingest_rate"],
