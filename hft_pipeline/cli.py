@@ -10,6 +10,9 @@ from pathlib import Path
 
 from hft_pipeline.settings import Settings, SettingsError
 
+#: `hft up`'s default simulator history on a fresh store: two complete hourly partitions.
+UP_HISTORY_S = 2 * 3600.0
+
 
 def _settings(args: argparse.Namespace) -> Settings:
     symbols = None
@@ -20,6 +23,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         symbols=symbols,
         seed=getattr(args, "seed", None),
         rate=getattr(args, "rate", None),
+        sim_history_s=getattr(args, "history", None),
         store_url=getattr(args, "store", None),
         api_host=getattr(args, "host", None),
         api_port=getattr(args, "port", None),
@@ -59,6 +63,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     extra = [] if args.rate is None else ["--rate", str(args.rate)]
+    # A fresh system starts with history, so the first hourly candle partitions are complete
+    # (and backtests have bars) within a minute instead of after the first hour.
+    history = args.history if args.history is not None else settings.sim_history_s or UP_HISTORY_S
+    extra += ["--history", str(history)]
     if args.symbols:
         extra += ["--symbols", args.symbols]
     config = UpConfig(
@@ -87,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--symbols", help="extra comma-separated symbols [HFT_SYMBOLS]")
     ingest.add_argument("--seed", type=int, help="simulator seed [HFT_SEED, 42]")
     ingest.add_argument("--rate", type=float, help="simulator ticks/s in total [HFT_RATE, 1000]")
+    ingest.add_argument(
+        "--history",
+        type=float,
+        help="simulator: seconds of history a symbol without stored ticks starts with "
+        "[HFT_SIM_HISTORY_S, 0]",
+    )
     ingest.add_argument("--file", help="file for --feed replay [HFT_REPLAY_FILE]")
     ingest.add_argument("--speed", type=float, help="replay speed, 0 = max [HFT_REPLAY_SPEED]")
     ingest.add_argument("--host", help="API host [HFT_API_HOST, 127.0.0.1]")
@@ -105,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run the ingest service and the Dagster UI + daemon together")
     up.add_argument("--rate", type=float, help="simulator ticks/s in total [HFT_RATE, 1000]")
     up.add_argument("--symbols", help="extra comma-separated symbols [HFT_SYMBOLS]")
+    up.add_argument(
+        "--history",
+        type=float,
+        help=f"simulator history on a fresh store, seconds [HFT_SIM_HISTORY_S, {UP_HISTORY_S:g}]",
+    )
     up.add_argument("--port", type=int, help="ingest API port [HFT_API_PORT, 8002]")
     up.add_argument("--dagster-port", type=int, default=3000, help="Dagster UI port [3000]")
     up.add_argument(

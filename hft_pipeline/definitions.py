@@ -11,7 +11,11 @@ from hft_pipeline.orchestration.assets import ALL_ASSETS
 from hft_pipeline.orchestration.jobs import analytics_job, candles_job
 from hft_pipeline.orchestration.resources import IngestApiResource, StoreResource
 from hft_pipeline.orchestration.schedules import candles_catchup_schedule, daily_analytics_schedule
-from hft_pipeline.orchestration.sensors import ingest_health_sensor, ingest_watermark_sensor
+from hft_pipeline.orchestration.sensors import (
+    first_analytics_sensor,
+    ingest_health_sensor,
+    ingest_watermark_sensor,
+)
 
 
 def _store() -> StoreResource:
@@ -37,7 +41,12 @@ def _alerts() -> AlertsResource:
 defs = Definitions(
     assets=ALL_ASSETS,
     jobs=[candles_job, analytics_job],
-    sensors=[ingest_watermark_sensor, ingest_health_sensor, run_failure_alert_sensor],
+    sensors=[
+        ingest_watermark_sensor,
+        ingest_health_sensor,
+        first_analytics_sensor,
+        run_failure_alert_sensor,
+    ],
     schedules=[daily_analytics_schedule, candles_catchup_schedule],
     resources={"store": _store(), "ingest_api": _ingest_api(), "alerts": _alerts()},
 )

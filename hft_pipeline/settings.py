@@ -51,6 +51,9 @@ class Settings:
     symbols: tuple[str, ...] = ()
     seed: int = 42
     rate: float = 1000.0
+    # Simulator: a symbol that has no stored ticks starts this far in the past and emits the
+    # ticks since then at full speed (deterministic, like a restart's backlog); 0: starts now.
+    sim_history_s: float = 0.0
     replay_file: str = ""
     replay_speed: float = 0.0  # 0: as fast as possible; 1: real time; 10: ten times faster
     shutdown_deadline_s: float = 10.0
@@ -104,6 +107,10 @@ class Settings:
             raise SettingsError(f"HFT_API_PORT must be 1-65535, got {self.api_port}")
         if self.rate <= 0:
             raise SettingsError(f"HFT_RATE must be > 0 ticks/s, got {self.rate}")
+        if not 0 <= self.sim_history_s <= 30 * 86400:
+            raise SettingsError(
+                f"HFT_SIM_HISTORY_S must be between 0 and 2592000 (30 days), got {self.sim_history_s}"
+            )
         for symbol in self.symbols:
             if not SYMBOL_PATTERN.match(symbol):
                 raise SettingsError(

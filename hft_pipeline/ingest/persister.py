@@ -110,7 +110,11 @@ class Persister:
         first_seen = 0.0
         while True:
             stopping = self._stop.is_set()
-            if stopping and self._drain_deadline is not None and time.monotonic() > self._drain_deadline:
+            if (
+                stopping
+                and self._drain_deadline is not None
+                and time.monotonic() > self._drain_deadline
+            ):
                 return
             # A full batch is written at once, unless the log already holds more (a backlog
             # after an outage, a restart or a burst): then up to max_batch ticks go in one
@@ -127,8 +131,10 @@ class Persister:
             elif after != next_offset:  # records with no ticks still move the offset
                 next_offset = after
             caught_up = next_offset >= self.log.end_offset
-            due = pending_ticks >= self.max_batch or (pending_ticks >= self.batch_size and caught_up) or (
-                pending and (stopping or time.monotonic() - first_seen >= self.batch_timeout_s)
+            due = (
+                pending_ticks >= self.max_batch
+                or (pending_ticks >= self.batch_size and caught_up)
+                or (pending and (stopping or time.monotonic() - first_seen >= self.batch_timeout_s))
             )
             if due or (not pending and next_offset != self.offset):
                 if not self._write(concat_batches(pending), next_offset):
@@ -139,8 +145,10 @@ class Persister:
             if stopping and not pending and next_offset >= self.log.end_offset:
                 return
             if not len(batch):
-                wait = self.batch_timeout_s if not pending else max(
-                    0.0, self.batch_timeout_s - (time.monotonic() - first_seen)
+                wait = (
+                    self.batch_timeout_s
+                    if not pending
+                    else max(0.0, self.batch_timeout_s - (time.monotonic() - first_seen))
                 )
                 self._wake.wait(min(wait, 0.05) if not stopping else 0.0)
                 self._wake.clear()

@@ -83,7 +83,9 @@ class TickBatch:
             symbols: tuple[str, ...] = (symbol,)
             sym = np.zeros(n, np.int32)
         else:
-            names, inverse = np.unique(np.asarray(symbol, dtype=object).astype(str), return_inverse=True)
+            names, inverse = np.unique(
+                np.asarray(symbol, dtype=object).astype(str), return_inverse=True
+            )
             symbols = tuple(str(s) for s in names)
             sym = inverse.astype(np.int32).reshape(-1)
         nan = np.full(n, np.nan)
@@ -100,7 +102,9 @@ class TickBatch:
 
     def symbol_names(self) -> np.ndarray:
         """The symbol of every tick as an object array (slow path: tests, files, SQL)."""
-        return np.asarray(self.symbols, dtype=object)[self.sym] if len(self) else np.empty(0, object)
+        return (
+            np.asarray(self.symbols, dtype=object)[self.sym] if len(self) else np.empty(0, object)
+        )
 
     def take(self, index: np.ndarray) -> TickBatch:
         """A new batch with the ticks at `index` (integer positions or a boolean mask)."""

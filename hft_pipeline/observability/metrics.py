@@ -16,7 +16,20 @@ from prometheus_client.registry import Collector
 from hft_pipeline.ingest.validation import REJECT_REASONS
 
 LATENCY_BUCKETS = (
-    5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 1.0,
+    5e-6,
+    1e-5,
+    2.5e-5,
+    5e-5,
+    1e-4,
+    2.5e-4,
+    5e-4,
+    1e-3,
+    2.5e-3,
+    5e-3,
+    1e-2,
+    2.5e-2,
+    0.1,
+    1.0,
 )
 BATCH_BUCKETS = (1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 5.0)
 
@@ -56,7 +69,9 @@ class IngestMetrics:
         for reason in REJECT_REASONS:
             self.ticks_rejected.labels(reason)
         self.ticks_duplicate = Counter(
-            "hft_ticks_duplicate_total", "Ticks dropped as duplicates (same symbol and seq)", registry=r
+            "hft_ticks_duplicate_total",
+            "Ticks dropped as duplicates (same symbol and seq)",
+            registry=r,
         )
         self.ticks_late = Counter(
             "hft_ticks_late_total", "Ticks whose candle bucket had already closed", registry=r
@@ -71,9 +86,13 @@ class IngestMetrics:
         self.gaps = Counter("hft_gaps_total", "Detected gaps by kind", ["kind"], registry=r)
         for kind in ("seq", "silence"):
             self.gaps.labels(kind)
-        self.buffer_bytes = Gauge("hft_buffer_memory_bytes", "Memory allocated by ring buffers", registry=r)
+        self.buffer_bytes = Gauge(
+            "hft_buffer_memory_bytes", "Memory allocated by ring buffers", registry=r
+        )
         self.buffer_ticks = Gauge("hft_buffer_ticks", "Ticks held in ring buffers", registry=r)
-        self.ticks_persisted = Counter("hft_ticks_persisted_total", "Ticks written to the store", registry=r)
+        self.ticks_persisted = Counter(
+            "hft_ticks_persisted_total", "Ticks written to the store", registry=r
+        )
         self.persist_batches = Counter(
             "hft_persist_batches_total", "Batches written to the store", registry=r
         )
@@ -97,12 +116,16 @@ class IngestMetrics:
 
     def _per_symbol_families(self):
         family = CounterMetricFamily(
-            "hft_ticks_processed", "Ticks accepted into the log, buffers and candles", labels=["symbol"]
+            "hft_ticks_processed",
+            "Ticks accepted into the log, buffers and candles",
+            labels=["symbol"],
         )
         for name, value in zip(self.symbol_names, self.processed_by_symbol.values, strict=False):
             family.add_metric([name], float(value))
         yield family
-        yield GaugeMetricFamily("hft_symbols", "Symbols seen since start", value=len(self.symbol_names))
+        yield GaugeMetricFamily(
+            "hft_symbols", "Symbols seen since start", value=len(self.symbol_names)
+        )
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from dagster import (
+    AssetKey,
     AssetMaterialization,
     DagsterRunStatus,
     DefaultSensorStatus,
@@ -434,5 +435,55 @@ def build_ingest_health_sensor(
     return ingest_health_sensor
 
 
+# --------------------------------------------------------------------------- first analytics
+
+
+def build_first_analytics_sensor(
+    name: str = "first_analytics_sensor", minimum_interval_seconds: int = 60
+) -> SensorDefinition:
+    """A sensor that runs analytics_job once indicators exist and no comparison was ever made.
+
+    The daily schedule refreshes the comparison; without this sensor a new deployment would show
+    no backtests until the next 00:10 UTC. The run key names the indicators materialization it
+    follows, so a failed first run is tried again after the next indicators run, never twice for
+    the same one, and never while an analytics run is in flight.
+    """
+
+    @sensor(
+        name=name,
+        job_name=ANALYTICS_JOB,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=DefaultSensorStatus.RUNNING,
+        description=(
+            "Requests analytics_job (backtests + strategy_comparison) as soon as indicators are "
+            "materialized on an instance that has no strategy comparison yet."
+        ),
+    )
+    def first_analytics_sensor(context: SensorEvaluationContext) -> SensorResult:
+        instance = context.instance
+        if instance.get_latest_materialization_event(AssetKey("strategy_comparison")) is not None:
+            return SensorResult(
+                skip_reason="a strategy comparison exists; the daily schedule refreshes it"
+            )
+        latest = instance.fetch_materializations(AssetKey("indicators"), limit=1).records
+        indicators = latest[0] if latest else None
+        if indicators is None:
+            return SensorResult(skip_reason="no indicators materialized yet")
+        busy = RunsFilter(job_name=ANALYTICS_JOB, statuses=IN_PROGRESS)
+        if instance.get_runs_count(filters=busy) > 0:
+            return SensorResult(skip_reason="an analytics run is in flight")
+        return SensorResult(
+            run_requests=[
+                RunRequest(
+                    run_key=f"first-analytics-{indicators.storage_id}",
+                    tags={"hft/trigger": "first-analytics"},
+                )
+            ]
+        )
+
+    return first_analytics_sensor
+
+
 ingest_watermark_sensor = build_ingest_watermark_sensor()
 ingest_health_sensor = build_ingest_health_sensor()
+first_analytics_sensor = build_first_analytics_sensor()

@@ -370,3 +370,31 @@ def test_a_symbol_subscribed_at_run_time_with_history_continues_without_backlog(
     assert out.seq[0] == 501 and out.ts[0] >= T0 + 52 * MS
     assert len(out) <= 21  # 100 ms at 200 ticks/s, not an hour of backlog
     assert_same_ticks(out, feed.expected("VALE9", 501, 501 + len(out)))
+
+
+def test_history_starts_the_first_symbols_in_the_past_and_later_ones_now() -> None:
+    history_s = 60.0
+    feed = SimulatorFeed(["R_10"], include_defaults=False, seed=8, rate=100.0, history_s=history_s)
+    parts, backlog = [], True
+    while backlog:  # the history comes at full speed, BLOCK ticks per symbol and poll
+        batch, backlog = feed.poll(T0)
+        parts.append(batch)
+    first = concat_batches(parts)
+    assert len(parts) == 2
+    start = T0 - int(history_s * 1e9)
+    assert feed.anchor("R_10") == start
+    assert_same_ticks(first, feed.expected("R_10", 0, len(first)))
+    assert first.ts[0] >= start and first.ts[0] < start + 10 * MS
+    assert abs(len(first) - 6000) <= 1 and (first.ts <= T0).all()
+
+    feed.subscribe("R_25")  # while running: no history
+    later = per_symbol(run_fake_clock(feed, T0 + 2 * MS, T0 + 1000 * MS, 2 * MS), "R_25")
+    assert feed.anchor("R_25") == T0 + 2 * MS
+    assert later.seq[0] == 0 and len(later) <= 101
+
+
+def test_history_is_a_setting_of_the_simulator_feed() -> None:
+    feed = make_feed(Settings(sim_history_s=120.0))
+    assert isinstance(feed, SimulatorFeed) and feed.history_ns == 120 * 10**9
+    with pytest.raises(Exception, match="HFT_SIM_HISTORY_S"):
+        Settings.from_env({"HFT_SIM_HISTORY_S": "-1"})

@@ -200,9 +200,7 @@ class WebhookReceiver:
                 return 401, {"message": "Invalid Webhook Token", "code": 50027}, {}
             with self._lock:
                 # Per channel: the channels send concurrently, so Telegram may be limited first.
-                if self.discord_429_first and not any(
-                    k == "discord" for k, _ in self.rate_limited
-                ):
+                if self.discord_429_first and not any(k == "discord" for k, _ in self.rate_limited):
                     self.rate_limited.append(("discord", time.monotonic()))
                     body = {
                         "message": "You are being rate limited.",

@@ -17,7 +17,12 @@ from hft_pipeline.orchestration.sensors import ANALYTICS_JOB, CANDLES_JOB
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = {"ticks", "candles", "indicators", "backtests", "strategy_comparison"}
-SENSORS = {"ingest_watermark_sensor", "ingest_health_sensor", "run_failure_alert_sensor"}
+SENSORS = {
+    "ingest_watermark_sensor",
+    "ingest_health_sensor",
+    "first_analytics_sensor",
+    "run_failure_alert_sensor",
+}
 SCHEDULES = {"daily_analytics_schedule", "candles_catchup_schedule"}
 
 

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 from dagster import (
+    AssetKey,
     AssetMaterialization,
     DagsterInstance,
     HourlyPartitionsDefinition,
@@ -26,11 +27,13 @@ from hft_pipeline.observability.alerts import Alert, Level
 from hft_pipeline.orchestration.alerting import AlertsResource
 from hft_pipeline.orchestration.resources import IngestApiResource, StoreResource
 from hft_pipeline.orchestration.sensors import (
+    ANALYTICS_JOB,
     LIVE_TAG,
     NS,
     HealthPolicy,
     WatermarkCursor,
     WatermarkPolicy,
+    build_first_analytics_sensor,
     build_ingest_health_sensor,
     build_ingest_watermark_sensor,
 )
@@ -397,3 +400,36 @@ def test_health_alerts_when_the_service_does_not_answer(instance) -> None:
     ticker.tick()
     assert levels() == [Level.WARNING, Level.CRITICAL]
     assert "/health failed" in SENT[0].message and "/status failed" in SENT[0].message
+
+
+def test_first_analytics_runs_once_per_indicators_until_a_comparison_exists(instance) -> None:
+    from dagster import DagsterRunStatus
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    ticker = Ticker(build_first_analytics_sensor(), instance, {})
+    assert "no indicators" in ticker.tick().skip_reason.skip_message
+
+    instance.report_runless_asset_event(AssetMaterialization("indicators"))
+    first = ticker.tick()
+    assert [r.tags["hft/trigger"] for r in first.run_requests] == ["first-analytics"]
+    storage_id = (
+        instance.fetch_materializations(AssetKey("indicators"), limit=1).records[0].storage_id
+    )
+    assert first.run_requests[0].run_key == f"first-analytics-{storage_id}"
+
+    # While it runs nothing more is requested, even after newer indicators.
+    instance.add_run(
+        DagsterRun(job_name=ANALYTICS_JOB, run_id="a" * 32, status=DagsterRunStatus.STARTED)
+    )
+    instance.report_runless_asset_event(AssetMaterialization("indicators"))
+    assert "in flight" in ticker.tick().skip_reason.skip_message
+
+    # It failed: the next indicators materialization gets a new key, so a retry.
+    instance.delete_run("a" * 32)
+    retry = ticker.tick()
+    newest = instance.fetch_materializations(AssetKey("indicators"), limit=1).records[0].storage_id
+    assert [r.run_key for r in retry.run_requests] == [f"first-analytics-{newest}"]
+    assert newest != storage_id
+
+    instance.report_runless_asset_event(AssetMaterialization("strategy_comparison"))
+    assert "comparison exists" in ticker.tick().skip_reason.skip_message

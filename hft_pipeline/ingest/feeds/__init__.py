@@ -41,6 +41,7 @@ def make_feed(settings: Settings, symbols: Sequence[str] | None = None) -> Feed:
             n_symbols=len(symbols or settings.symbols or DEFAULT_SYMBOLS),
             seed=settings.seed,
             rate=settings.rate,
+            history_s=settings.sim_history_s,
         )
     if settings.feed == "replay":
         if not settings.replay_file:

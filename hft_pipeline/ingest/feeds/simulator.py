@@ -330,6 +330,10 @@ class SimulatorFeed:
     full speed (deterministic backlog). Resume points given after the first poll (a symbol
     subscribed at run time) and symbols unsubscribed and subscribed again continue their
     sequence from `now` instead, with no backlog for the time they were off.
+
+    `history_s` > 0: a symbol starting at k = 0 in the first poll is anchored that far in the
+    past instead of at `now`, so a fresh system begins with hours of (deterministic) history,
+    emitted at full speed like a restart's backlog. Symbols subscribed later start at `now`.
     """
 
     def __init__(
@@ -345,6 +349,7 @@ class SimulatorFeed:
         bad_every: int = 0,
         clock: Callable[[], int] = time.time_ns,
         name: str = "simulator",
+        history_s: float = 0.0,
     ) -> None:
         initial = list(dict.fromkeys([*(DEFAULT_SYMBOLS if include_defaults else ()), *symbols]))
         for s in initial:
@@ -357,6 +362,9 @@ class SimulatorFeed:
         self.emit_interval_s = float(emit_interval_s)
         self.max_batch = int(max_batch)
         self.bad_every = int(bad_every)
+        if not 0 <= history_s < 2**62 / 1e9:
+            raise ValueError(f"history_s must be >= 0, got {history_s}")
+        self.history_ns = int(history_s * 1e9)
         self._clock = clock
         self._closed = False
         self._polled = False  # the session has begun: later resume points mean no backlog
@@ -591,7 +599,9 @@ class SimulatorFeed:
                 self._last_ts[row] = int(point.ts)
                 self._check_resume_price(symbol, point)
             else:
-                self._t0[row] = now
+                # History only for the symbols of the first poll: one subscribed while running
+                # starts now, like any new instrument.
+                self._t0[row] = now if self._polled else now - self.history_ns
                 self._next_k[row] = 0
             self._started[row] = True
 
