@@ -26,6 +26,7 @@ from hft_pipeline.orchestration.assets import (
     candle_check_results,
     candles,
     candles_all_timeframes,
+    hour_is_open,
     indicators,
     strategy_comparison,
 )
@@ -175,6 +176,35 @@ def test_candle_checks_fail_on_corrupted_data(store_case: StoreCase) -> None:
     counts_after_delete = {s: n for s, n in counts.items() if s in set(kept["symbol"])}
     passed, meta = checks.candles_recount(counts_after_delete, stored)
     assert not passed and meta["mismatches"] == len(TIMEFRAMES)
+
+
+def test_an_open_hour_is_recounted_from_the_ticks_read_a_closed_one_from_the_store(
+    store_case: StoreCase,
+) -> None:
+    frame = simulator_ticks(1)
+    lo, hi = partition_window(key(0))
+    first, rest = frame[frame["ts"] < lo + 1800 * 10**9], frame[frame["ts"] >= lo + 1800 * 10**9]
+    offset = write_ticks(store_case.store, first)
+    grace = 60.0
+    # Half an hour in, by the wall clock and by the newest tick: open. Past end + grace: closed.
+    assert hour_is_open(store_case.store, hi, grace, lo + 1800 * 10**9)
+    assert not hour_is_open(store_case.store, hi, grace, hi + 61 * 10**9)
+    assert materialize([candles], partition_key=key(0), resources=resources(store_case)).success
+
+    # Ticks keep arriving for the open hour after its candles were computed.
+    write_ticks(store_case.store, rest, offset=offset)
+    by_name = lambda results: {r.check_name: r for r in results}  # noqa: E731
+    strict = by_name(candle_check_results(store_case.store, lo, hi))["candles_match_ticks"]
+    assert not strict.passed and strict.metadata["open_hours"].value == 0
+    read = {lo: first["symbol"].value_counts().to_dict()}
+    live = by_name(candle_check_results(store_case.store, lo, hi, read))["candles_match_ticks"]
+    assert live.passed and live.metadata["open_hours"].value == 1
+    assert live.metadata["ticks"].value == len(first)
+    # Counts that do not match what the candles hold still fail.
+    short = {lo: {s: n - 1 for s, n in read[lo].items()}}
+    assert not by_name(candle_check_results(store_case.store, lo, hi, short))[
+        "candles_match_ticks"
+    ].passed
 
 
 def test_partition_without_ticks_stores_nothing_and_passes(tmp_path) -> None:
