@@ -92,7 +92,7 @@ def write_results(rows: list[dict], stamp: str) -> None:
             "machine": machine(),
             "rows": [r for r in rows if r["benchmark"] == name],
         }
-    store.write_text(json.dumps(saved, indent=2) + "\n")
+    store.write_text(json.dumps(saved, indent=2, default=_plain) + "\n")
     order = {name: i for i, name in enumerate(MODULES)}
     sections = []
     for name, entry in sorted(saved["benchmarks"].items(), key=lambda kv: order.get(kv[0], 99)):
@@ -107,6 +107,13 @@ def write_results(rows: list[dict], stamp: str) -> None:
         + "\n".join(sections)
         + (notes.read_text() if (notes := HERE / "NOTES.md").exists() else "")
     )
+
+
+def _plain(value):
+    """JSON for the numpy scalars a row may carry (np.bool_, np.float64, ...)."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
-            {"date": stamp, "machine": machine(), "quick": args.quick, "rows": rows}, indent=2
+            {"date": stamp, "machine": machine(), "quick": args.quick, "rows": rows},
+            indent=2,
+            default=_plain,
         )
     )
     print(f"\nJSON written to {out}")

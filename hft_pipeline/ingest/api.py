@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from hft_pipeline import __version__
 from hft_pipeline.ingest.service import IngestService
 from hft_pipeline.market.ticks import SYMBOL_PATTERN, validate_symbol
-from hft_pipeline.market.timeframes import ALL_TIMEFRAMES, TIMEFRAMES
+from hft_pipeline.market.timeframes import ALL_TIMEFRAMES, TIMEFRAMES, timeframe_ns
 
 MAX_LIMIT = 100_000
 RAW_FIELDS = ("ts", "seq", "price", "volume")
@@ -223,11 +224,12 @@ class _StoredCandles:
     `settle_offset`: the log end when the symbol's forming bucket of the finest timeframe had
     passed `end`; every tick accepted since with ts < `end` was counted late. Once the persister
     has stored the log up to there and no tick was late since, the store's candles before `end`
-    are final (DESIGN §2: closed candles change only through late ticks) and `columns` is kept.
+    are final (DESIGN §2: closed candles change only through late ticks) and their JSON rows
+    (`encoded`, as `_encode_rows` gives them) are kept: encoding is most of an answer's cost.
     """
 
     settle_offset: int
-    columns: dict[str, np.ndarray] | None = None
+    encoded: list[bytes] | None = None
     rows: int = 0
 
 
@@ -275,38 +277,43 @@ class TickQueries:
         )
         return _frame_columns(frame, RAW_FIELDS)
 
-    async def candles(
+    async def candle_rows(
         self, symbol: str, tf: str, start: int | None, end: int | None, limit: int, descending: bool
-    ) -> tuple[dict[str, np.ndarray], str]:
+    ) -> tuple[list[bytes], str]:
+        """JSON rows (see `_encode_rows`) of the candles asked for, and where they came from."""
         live = self.service.candles
         complete_from = live.complete_from(symbol, tf)
         if complete_from is None:
-            return await self._stored_candles(symbol, tf, start, end, limit, descending), "store"
+            stored = await self._stored_candles(symbol, tf, start, end, limit, descending)
+            return _encode_rows(stored, CandleRow), "store"
         lo = complete_from if start is None else max(start, complete_from)
         frame = live.candles(symbol, tf, lo, end, limit, descending)
         memory = _frame_columns(frame, CANDLE_FIELDS)
         memory["closed"] = frame["closed"].to_numpy()
+        memory_rows = _encode_rows(memory, CandleRow)
         if (start is not None and start >= complete_from) or (
-            descending and len(memory["ts"]) >= limit
+            descending and len(memory_rows) >= limit
         ):
-            return memory, "memory"
+            return memory_rows, "memory"
         store_end = complete_from if end is None else min(end, complete_from)
-        stored = await self._final_stored_candles(symbol, tf, start, store_end, limit, descending)
-        stored["closed"] = np.ones(len(stored["ts"]), bool)
-        parts = [memory, stored] if descending else [stored, memory]
-        merged = _concat(parts, (*CANDLE_FIELDS, "closed"))
-        return {f: v[:limit] for f, v in merged.items()}, "memory+store"
+        stored_rows = await self._final_stored_rows(symbol, tf, start, store_end, limit, descending)
+        rows = memory_rows + stored_rows if descending else stored_rows + memory_rows
+        return rows[:limit], "memory+store"
 
     async def _stored_candles(self, symbol, tf, start, end, limit, descending):
+        """Candles the store aggregates; a bucket is closed once its end has passed."""
         frame = await asyncio.to_thread(
             self.service.store.candles, symbol, tf, start, end, limit, descending
         )
-        return _frame_columns(frame, CANDLE_FIELDS)
+        columns = _frame_columns(frame, CANDLE_FIELDS)
+        columns["closed"] = columns["ts"] + timeframe_ns(tf) <= time.time_ns()
+        return columns
 
-    async def _final_stored_candles(
+    async def _final_stored_rows(
         self, symbol: str, tf: str, start: int | None, end: int, limit: int, descending: bool
-    ) -> dict[str, np.ndarray]:
-        """Stored candles before `end` (which memory does not complete): cached once final."""
+    ) -> list[bytes]:
+        """JSON rows of the stored candles before `end` (which memory does not complete); kept
+        once final (see _StoredCandles)."""
         service = self.service
         late = service.candles.late_total
         persister, log = service.persister, service.log
@@ -314,13 +321,13 @@ class TickQueries:
             # A late tick may have changed any stored candle: each is final again once the
             # persister stored the log as it is now (forming buckets only move forward).
             for entry in self._stored.values():
-                entry.settle_offset, entry.columns, entry.rows = log.end_offset, None, 0
+                entry.settle_offset, entry.encoded, entry.rows = log.end_offset, None, 0
             self._stored_rows = 0
             self._late_seen = late
         key = (symbol, tf, start, end, limit, descending)
         entry = self._stored.get(key)
-        if entry is not None and entry.columns is not None:
-            return dict(entry.columns)
+        if entry is not None and entry.encoded is not None:
+            return entry.encoded
         if (
             entry is None
             and persister is not None
@@ -332,12 +339,13 @@ class TickQueries:
             entry is not None and persister is not None and persister.offset >= entry.settle_offset
         )
         stored = await self._stored_candles(symbol, tf, start, end, limit, descending)
+        encoded = _encode_rows(stored, CandleRow)
         if settled and service.candles.late_total == late and self._stored.get(key) is entry:
-            entry.columns, entry.rows = dict(stored), len(stored["ts"])
+            entry.encoded, entry.rows = encoded, len(encoded)
             self._stored_rows += entry.rows
             while self._stored_rows > self.CACHE_ROWS and len(self._stored) > 1:
                 self._evict_oldest()
-        return stored
+        return encoded
 
     def _finest_forming(self, symbol: str) -> int:
         """Start of `symbol`'s forming bucket of the finest live timeframe (ticks before are late)."""
@@ -489,10 +497,9 @@ def create_app(service: IngestService) -> FastAPI:
             else:
                 rows = _encode_rows(columns, RawRow)
         else:
-            columns, source = await queries.candles(
+            rows, source = await queries.candle_rows(
                 symbol, timeframe, start_ns, end_ns, limit, descending
             )
-            rows = _encode_rows(columns, CandleRow)
         body = TicksBody(symbol, timeframe, order, len(rows), source, _json_array(rows))
         return msgspec.json.encode(body)
 

@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Self
 
 from dagster import (
     AssetKey,
@@ -86,8 +86,25 @@ class WatermarkPolicy:
         )
 
 
+class JsonCursor:
+    """A dataclass sensor cursor stored as compact JSON; unknown keys (older versions) are dropped."""
+
+    __slots__ = ()
+
+    @classmethod
+    def parse(cls, raw: str | None) -> Self:
+        if not raw:
+            return cls()
+        data = json.loads(raw)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def dump(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+
 @dataclass(slots=True)
-class WatermarkCursor:
+class WatermarkCursor(JsonCursor):
     """What the watermark sensor remembers between ticks."""
 
     rows: int = 0
@@ -97,17 +114,6 @@ class WatermarkCursor:
     moved_ns: int = 0  # wall time the watermark last moved
     live_ns: int = 0  # wall time of the last live refresh request
     live_max_ts: int | None = None  # watermark that refresh saw
-
-    @classmethod
-    def parse(cls, raw: str | None) -> WatermarkCursor:
-        if not raw:
-            return cls()
-        data = json.loads(raw)
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def dump(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
 
 
 @dataclass(slots=True)
@@ -310,7 +316,7 @@ class HealthPolicy:
 
 
 @dataclass(slots=True)
-class HealthCursor:
+class HealthCursor(JsonCursor):
     """Alert state between ticks, so every transition alerts exactly once."""
 
     state: str = "ok"  # ok | warning | critical
@@ -318,17 +324,6 @@ class HealthCursor:
     bad_since_ns: int = 0
     persisted: int | None = None  # the service's persisted_ticks counter at the last tick
     persisted_ns: int = 0  # wall time that counter last moved
-
-    @classmethod
-    def parse(cls, raw: str | None) -> HealthCursor:
-        if not raw:
-            return cls()
-        data = json.loads(raw)
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def dump(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -563,14 +563,34 @@ def encode_trades(trades: pd.DataFrame) -> TradeRows:
     )
 
 
+# The stored trade columns in read order (fixed part), and the extra cells; `{p}` is the
+# driver's placeholder ("?" for sqlite3, "%s" for psycopg).
+TRADES_QUERY = (
+    "select strategy, symbol, params, entry_ns, exit_ns, size, entry_price, exit_price, fees, "
+    'pnl, "return", status from backtest_trades where run_key = {p} order by row_no'
+)
+TRADE_VALUES_QUERY = "select row_no, name, value from backtest_trade_values where run_key = {p}"
+
+
 def decode_trades(
-    columns: list[list[str]],
-    fixed: dict[str, np.ndarray],
-    extra_row: np.ndarray,
-    extra_name: np.ndarray,
-    extra_value: np.ndarray,
+    columns: list[list[str]], rows: Sequence[Sequence[Any]], extra: Sequence[Sequence[Any]]
 ) -> pd.DataFrame:
-    """Rebuild the trades frame from its fixed columns (row order) and extra cells."""
+    """Rebuild the trades frame from the rows of TRADES_QUERY and TRADE_VALUES_QUERY."""
+    cols = list(zip(*rows, strict=True)) if rows else [()] * 12
+    fixed: dict[str, np.ndarray] = {
+        "strategy": np.array(cols[0], dtype=object),
+        "symbol": np.array(cols[1], dtype=object),
+        "params": np.array(cols[2], dtype=object),
+        "entry_time": np.array(cols[3], dtype=np.int64),
+        "exit_time": np.array(cols[4], dtype=np.int64),
+        "status": np.array(cols[11], dtype=object),
+    }
+    for j, name in enumerate(TRADE_FLOAT_COLUMNS):
+        fixed[name] = np.array(cols[5 + j], dtype=np.float64)
+    extra_cols = list(zip(*extra, strict=True)) if extra else [(), (), ()]
+    extra_row = np.array(extra_cols[0], dtype=np.int64)
+    extra_name = np.array(extra_cols[1], dtype=object)
+    extra_value = np.array(extra_cols[2], dtype=np.float64)
     n = len(fixed["strategy"])
     extra_names = [c for c, _ in columns if c not in fixed]
     position = {c: j for j, c in enumerate(extra_names)}

@@ -23,6 +23,8 @@ from hft_pipeline.store.base import (
     TICK_FRAME_COLUMNS,
     TICK_RANGE_COLUMNS,
     TRADE_FLOAT_COLUMNS,
+    TRADE_VALUES_QUERY,
+    TRADES_QUERY,
     BacktestRun,
     LongResults,
     StoreUnavailableError,
@@ -602,35 +604,9 @@ class SqliteStore:
         with self._unavailable("backtest_trades"):
             conn = self._conn()
             columns = self._run_columns(conn, run_key, "trade_columns")
-            rows = conn.execute(
-                "select strategy, symbol, params, entry_ns, exit_ns, size, entry_price, "
-                'exit_price, fees, pnl, "return", status from backtest_trades '
-                "where run_key = ? order by row_no",
-                (run_key,),
-            ).fetchall()
-            extra = conn.execute(
-                "select row_no, name, value from backtest_trade_values where run_key = ?",
-                (run_key,),
-            ).fetchall()
-        cols = list(zip(*rows, strict=True)) if rows else [()] * 12
-        fixed: dict[str, np.ndarray] = {
-            "strategy": np.array(cols[0], dtype=object),
-            "symbol": np.array(cols[1], dtype=object),
-            "params": np.array(cols[2], dtype=object),
-            "entry_time": np.array(cols[3], dtype=np.int64),
-            "exit_time": np.array(cols[4], dtype=np.int64),
-            "status": np.array(cols[11], dtype=object),
-        }
-        for j, name in enumerate(TRADE_FLOAT_COLUMNS):
-            fixed[name] = np.array(cols[5 + j], dtype=np.float64)
-        extra_cols = list(zip(*extra, strict=True)) if extra else [(), (), ()]
-        return decode_trades(
-            columns,
-            fixed,
-            np.array(extra_cols[0], dtype=np.int64),
-            np.array(extra_cols[1], dtype=object),
-            np.array(extra_cols[2], dtype=np.float64),
-        )
+            rows = conn.execute(TRADES_QUERY.format(p="?"), (run_key,)).fetchall()
+            extra = conn.execute(TRADE_VALUES_QUERY.format(p="?"), (run_key,)).fetchall()
+        return decode_trades(columns, rows, extra)
 
     def write_comparison(self, run_key: str, ranked: pd.DataFrame) -> None:
         """Store (or replace) the ranked comparison table of `run_key`, atomically."""
