@@ -190,7 +190,7 @@ def bench_cache(quick: bool) -> list[dict]:
         precomputed(wide)
         misses.append(time.perf_counter() - t0)
     overhead = min(misses)
-    assert cache.stats().misses >= 5, "the overhead runs must all be misses"
+    assert cache.stats.misses >= 5, "the overhead runs must all be misses"
     name = (
         f"indicator cache, {len(DEFAULT_INDICATORS)} indicators x {n_symbols} sym x {n_bars} bars"
     )
