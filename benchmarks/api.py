@@ -208,7 +208,7 @@ def _wait_ready(base: str, proc: subprocess.Popen, symbols: list[str], timeout: 
     raise RuntimeError(f"hft ingest at {base} not ready with {LIMIT} ticks within {timeout}s")
 
 
-def _seed_history(store_url: str, symbols: list[str]) -> int:
+def _seed_history(store_url: str, symbols: list[str]) -> None:
     """Write LIMIT + 1 minutes of history per symbol to the store before the service starts.
 
     Tick k of each symbol is the simulator's own tick k (seed, price, volume), one per minute
@@ -230,7 +230,6 @@ def _seed_history(store_url: str, symbols: list[str]) -> int:
         store.write_ticks(history, len(history), stream="bench-history")
     finally:
         store.close()
-    return len(history)
 
 
 def _serve_and_load(store: str, symbols: list[str], seconds: float) -> dict[str, dict]:

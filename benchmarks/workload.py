@@ -101,7 +101,7 @@ def row(
         "baseline_value": None if baseline_value is None else float(baseline_value),
         "ratio": None if ratio is None else float(ratio),
         "target": target,
-        "met": None if met is None else bool(met),
+        "met": met,
     }
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from hft_pipeline import __version__
 from hft_pipeline.ingest.service import IngestService
 from hft_pipeline.market.ticks import SYMBOL_PATTERN, validate_symbol
-from hft_pipeline.market.timeframes import ALL_TIMEFRAMES, TIMEFRAMES, timeframe_ns
+from hft_pipeline.market.timeframes import ALL_TIMEFRAMES, TIMEFRAMES, bucket_start, timeframe_ns
 
 MAX_LIMIT = 100_000
 RAW_FIELDS = ("ts", "seq", "price", "volume")
@@ -285,6 +284,14 @@ class TickQueries:
         complete_from = live.complete_from(symbol, tf)
         if complete_from is None:
             stored = await self._stored_candles(symbol, tf, start, end, limit, descending)
+            # Closed as live candles are: once a later tick of the symbol exists.
+            newest = await asyncio.to_thread(
+                self.service.store.read_ticks, symbol, None, None, 1, True
+            )
+            forming = (
+                bucket_start(int(newest["ts"].iloc[0]), timeframe_ns(tf)) if len(newest) else 0
+            )
+            stored["closed"] = stored["ts"] < forming
             return _encode_rows(stored, CandleRow), "store"
         lo = complete_from if start is None else max(start, complete_from)
         frame = live.candles(symbol, tf, lo, end, limit, descending)
@@ -301,19 +308,16 @@ class TickQueries:
         return rows[:limit], "memory+store"
 
     async def _stored_candles(self, symbol, tf, start, end, limit, descending):
-        """Candles the store aggregates; a bucket is closed once its end has passed."""
         frame = await asyncio.to_thread(
             self.service.store.candles, symbol, tf, start, end, limit, descending
         )
-        columns = _frame_columns(frame, CANDLE_FIELDS)
-        columns["closed"] = columns["ts"] + timeframe_ns(tf) <= time.time_ns()
-        return columns
+        return _frame_columns(frame, CANDLE_FIELDS)
 
     async def _final_stored_rows(
         self, symbol: str, tf: str, start: int | None, end: int, limit: int, descending: bool
     ) -> list[bytes]:
-        """JSON rows of the stored candles before `end` (which memory does not complete); kept
-        once final (see _StoredCandles)."""
+        """JSON rows of the stored candles before `end` (which memory does not complete), all
+        closed; kept once final (see _StoredCandles)."""
         service = self.service
         late = service.candles.late_total
         persister, log = service.persister, service.log
@@ -339,6 +343,7 @@ class TickQueries:
             entry is not None and persister is not None and persister.offset >= entry.settle_offset
         )
         stored = await self._stored_candles(symbol, tf, start, end, limit, descending)
+        stored["closed"] = np.ones(len(stored["ts"]), bool)  # memory holds later ticks
         encoded = _encode_rows(stored, CandleRow)
         if settled and service.candles.late_total == late and self._stored.get(key) is entry:
             entry.encoded, entry.rows = encoded, len(encoded)
