@@ -14,7 +14,6 @@ import logging
 import os
 import smtplib
 import ssl
-import threading
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,10 @@ from typing import Any, Protocol
 
 import requests
 import stamina
+
+from hft_pipeline.observability.redaction import install as _install_redactor
+from hft_pipeline.observability.redaction import redact
+from hft_pipeline.observability.redaction import register as _register_secrets
 
 log = logging.getLogger(__name__)
 
@@ -75,67 +78,6 @@ class DeliveryResult:
     attempts: int
     elapsed_s: float
     error: str | None = None
-
-
-# --------------------------------------------------------------------------- secrets in logs
-
-
-class _SecretRedactor(logging.Filter):
-    """Replaces registered secrets in log records with `***`.
-
-    urllib3 logs request paths at DEBUG level, and those paths carry the Telegram bot token and
-    the Discord webhook token, so the filter sits on urllib3's loggers as well as ours.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._secrets: set[str] = set()
-        self._lock = threading.Lock()
-
-    def add(self, secrets: Iterable[str | None]) -> None:
-        with self._lock:
-            # Very short strings would redact ordinary text; real tokens are long.
-            self._secrets.update(s for s in secrets if s and len(s) >= 6)
-
-    def redact(self, text: str) -> str:
-        with self._lock:
-            secrets = sorted(self._secrets, key=len, reverse=True)
-        for secret in secrets:
-            if secret in text:
-                text = text.replace(secret, "***")
-        return text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a broken record is logging's problem, not ours
-            return True
-        redacted = self.redact(message)
-        if redacted != message:
-            record.msg, record.args = redacted, ()
-        if record.exc_info and record.exc_info[1] is not None:
-            text = logging.Formatter().formatException(record.exc_info)
-            record.exc_info, record.exc_text = None, self.redact(text)
-        return True
-
-
-_redactor = _SecretRedactor()
-_installed_on: set[str] = set()
-
-
-def _install_redactor() -> None:
-    names = [__name__, "stamina"] + [
-        name for name in logging.root.manager.loggerDict if name.startswith("urllib3")
-    ]
-    for name in names:
-        if name not in _installed_on:
-            logging.getLogger(name).addFilter(_redactor)
-            _installed_on.add(name)
-
-
-def redact(text: str) -> str:
-    """`text` with every secret known to this module replaced by `***`."""
-    return _redactor.redact(text)
 
 
 # --------------------------------------------------------------------------- delivery errors
@@ -285,7 +227,7 @@ class DiscordChannel:
         self.webhook_url = webhook_url
         self.timeout_s = timeout_s
         # The path's last part is the webhook token; quoted on its own it is still a secret.
-        _redactor.add([webhook_url, webhook_url.rstrip("/").rsplit("/", 1)[-1]])
+        _register_secrets([webhook_url, webhook_url.rstrip("/").rsplit("/", 1)[-1]])
         self._session = requests.Session()
 
     def deliver(self, alert: Alert) -> None:
@@ -378,7 +320,7 @@ class TelegramChannel:
         self.url = f"{api_url.rstrip('/')}/bot{bot_token}/sendMessage"
         self.chat_id = chat_id
         self.timeout_s = timeout_s
-        _redactor.add([bot_token, self.url])
+        _register_secrets([bot_token, self.url])
         self._session = requests.Session()
 
     def deliver(self, alert: Alert) -> None:
@@ -454,7 +396,7 @@ class EmailChannel:
         self.implicit_tls = port == 465 if implicit_tls is None else implicit_tls
         self.ssl_context = ssl_context or ssl.create_default_context()
         self.timeout_s = timeout_s
-        _redactor.add([password])
+        _register_secrets([password])
 
     def message(self, alert: Alert) -> EmailMessage:
         plain, html_body = email_bodies(alert)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hft_pipeline.observability.redaction import redact_url
 from hft_pipeline.store.base import (
     BacktestRun,
     StoreUnavailableError,
@@ -28,8 +29,12 @@ def sqlite_path(url: str) -> Path:
     return Path(url[len(prefix) :])
 
 
-def open_store(url: str, pool_size: int = 20) -> TickStore:
-    """Open the store at `url` (sqlite:///…, postgresql://…, postgres://…) and migrate it."""
+def make_store(url: str, pool_size: int = 20) -> TickStore:
+    """The store at `url` (sqlite:///…, postgresql://…, postgres://…), not yet migrated.
+
+    Creating it needs no reachable server: PostgreSQL connections are opened on first use, so
+    the ingest service can start while its store is down and migrate once it is reachable.
+    """
     store: TickStore
     if url.startswith("sqlite:"):
         from hft_pipeline.store.sqlite import SqliteStore
@@ -41,8 +46,15 @@ def open_store(url: str, pool_size: int = 20) -> TickStore:
         store = PostgresStore(url, pool_size=pool_size)
     else:
         raise UnsupportedStoreUrlError(
-            f"store URL {url!r}: use sqlite:///PATH or postgresql://user@host:port/dbname"
+            f"store URL {redact_url(url)!r}: use sqlite:///PATH or "
+            "postgresql://user@host:port/dbname"
         )
+    return store
+
+
+def open_store(url: str, pool_size: int = 20) -> TickStore:
+    """Open the store at `url` and migrate it (see `make_store`)."""
+    store = make_store(url, pool_size)
     try:
         store.migrate()
     except BaseException:
@@ -58,6 +70,7 @@ __all__ = [
     "TickStore",
     "UnsupportedStoreUrlError",
     "Watermark",
+    "make_store",
     "open_store",
     "sqlite_path",
 ]

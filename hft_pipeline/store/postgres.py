@@ -8,7 +8,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pandas as pd
@@ -19,6 +18,7 @@ from psycopg_pool import ConnectionPool
 
 from hft_pipeline.market.ticks import TickBatch, validate_symbol
 from hft_pipeline.market.timeframes import timeframe_ns
+from hft_pipeline.observability.redaction import register_url
 from hft_pipeline.store.base import (
     CANDLE_COLUMNS,
     RESULT_KEY_COLUMNS,
@@ -115,7 +115,7 @@ class PostgresStore:
     ) -> None:
         self.url = dsn
         self._dsn = dsn
-        self._safe_url = _redact(dsn)
+        self._safe_url = register_url(dsn)  # also masks it in every log line and error
         self._connect_kwargs: dict[str, Any] = {
             "connect_timeout": max(1, round(connect_timeout)),
             "application_name": "hft_pipeline",
@@ -774,14 +774,6 @@ class PostgresStore:
             if row is None:
                 return None
             return row[0], _read_cells(conn, "comparison_rows", row[0], row[1])
-
-
-def _redact(dsn: str) -> str:
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _us_to_datetime(us: int) -> datetime:
