@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -51,12 +53,85 @@ from hft_pipeline.store.copy import (
     encode_fixed_rows,
     encode_ticks,
 )
-from hft_pipeline.store.migrations import migrate_postgres
+from hft_pipeline.store.migrations import PG_MIGRATION_LOCK, migrate_postgres
 
 DAY_NS = 86_400 * 1_000_000_000
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Advisory lock key serializing on-demand partition creation across processes.
 _PARTITION_LOCK = 0x4846_5450_4152  # "HFTPAR"
+
+log = logging.getLogger(__name__)
+
+# -- ticks layout: TimescaleDB hypertable or native daily partitions (docs/postgres.md) --------
+
+#: The extension whose hypertable holds ticks where the server can run it.
+TIMESCALEDB = "timescaledb"
+
+# Only TimescaleDB's loader, which runs from shared_preload_libraries, defines
+# timescaledb.max_background_workers; without it, loading the extension ends the session with a
+# FATAL error that no SQL exception handler catches.
+_PROBE_TIMESCALEDB = """
+    select
+        exists (select 1 from pg_available_extensions where name = %(ext)s),
+        current_setting('timescaledb.max_background_workers', true) is not null,
+        exists (select 1 from pg_extension where extname = %(ext)s),
+        to_regclass('ticks') is not null
+"""
+
+_LAYOUT_NAMES = {
+    "hypertable": "a TimescaleDB hypertable (1-day chunks)",
+    "partitions": "native daily range partitions",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TicksLayout:
+    """The layout chosen for a ticks table about to be created, and why."""
+
+    hypertable: bool
+    create_extension: bool
+    reason: str
+
+
+def choose_ticks_layout(*, available: bool, preloaded: bool, installed: bool) -> TicksLayout:
+    """Hypertable only where TimescaleDB can load: preloaded, and installed or installable."""
+    ext = TIMESCALEDB
+    if not preloaded:
+        if installed:
+            why = "is installed in this database but not in shared_preload_libraries"
+        elif available:
+            why = "is available but not in shared_preload_libraries"
+        else:
+            why = "is not available on this server"
+        return TicksLayout(False, False, f"{ext} {why}")
+    if installed:
+        return TicksLayout(True, False, f"{ext} is preloaded and installed in this database")
+    if available:
+        return TicksLayout(True, True, f"{ext} is preloaded and available")
+    return TicksLayout(False, False, f"{ext} is not available on this server")
+
+
+def ticks_layout(conn: psycopg.Connection) -> str | None:
+    """How the catalog partitions ticks: "hypertable", "partitions", "table"; None if absent."""
+    exists, partitioned, timescale = conn.execute(
+        "select to_regclass('ticks') is not null, exists (select 1 from pg_partitioned_table "
+        "where partrelid = to_regclass('ticks')), "
+        "to_regclass('timescaledb_information.hypertables') is not null"
+    ).fetchone()
+    if not exists:
+        return None
+    if partitioned:
+        return "partitions"
+    if timescale:
+        hypertable = conn.execute(
+            "select exists (select 1 from timescaledb_information.hypertables "
+            "where format('%I.%I', hypertable_schema, hypertable_name)::regclass "
+            "= to_regclass('ticks'))"
+        ).fetchone()[0]
+        if hypertable:
+            return "hypertable"
+    return "table"
+
 
 _COPY_TICKS = "copy ticks ({}) from stdin (format binary)".format(", ".join(TICK_COPY_COLUMNS))
 
@@ -273,14 +348,53 @@ class PostgresStore:
     # -- TickStore ------------------------------------------------------------------------
 
     def migrate(self) -> list[int]:
-        """Apply pending migrations from `sql/postgres`; return the versions applied now."""
-        with (
-            self._unavailable("migrate"),
-            psycopg.connect(self._dsn, autocommit=True, **self._connect_kwargs) as conn,
-        ):
-            applied = migrate_postgres(conn)
-        self._partitioned = None
+        """Apply pending migrations from `sql/postgres`; return the versions applied now.
+
+        Before the migration that creates ticks, TimescaleDB is created where it can run; any
+        other case, a failed CREATE EXTENSION included, gets native daily partitions, and the
+        log says why (docs/postgres.md).
+        """
+        with self._unavailable("migrate"):
+            choice = self._prepare_ticks_layout()
+            # A fresh connection: a failed CREATE EXTENSION may have ended the other session.
+            with psycopg.connect(self._dsn, autocommit=True, **self._connect_kwargs) as conn:
+                applied = migrate_postgres(conn)
+                layout = ticks_layout(conn)
+        self._partitioned = layout == "partitions"
+        if choice is not None:
+            log.info("ticks are stored in %s: %s", _LAYOUT_NAMES.get(layout, layout), choice.reason)
         return applied
+
+    def _prepare_ticks_layout(self) -> TicksLayout | None:
+        """Probe TimescaleDB and create it if usable; None if ticks exists (layout fixed)."""
+        with psycopg.connect(self._dsn, autocommit=True, **self._connect_kwargs) as conn:
+            # Concurrent migrators probe one at a time, so one creates the extension and the
+            # others find it installed (the lock goes with the session, even one ended by FATAL).
+            conn.execute("select pg_advisory_lock(%s)", (PG_MIGRATION_LOCK,))
+            available, preloaded, installed, exists = conn.execute(
+                _PROBE_TIMESCALEDB, {"ext": TIMESCALEDB}
+            ).fetchone()
+            if exists:
+                return None
+            choice = choose_ticks_layout(
+                available=available, preloaded=preloaded, installed=installed
+            )
+            if choice.create_extension:
+                try:
+                    conn.execute(
+                        sql.SQL("create extension if not exists {}").format(
+                            sql.Identifier(TIMESCALEDB)
+                        )
+                    )
+                except psycopg.Error as exc:
+                    failure = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                    return TicksLayout(
+                        False,
+                        False,
+                        f"{choice.reason}, but CREATE EXTENSION failed "
+                        f"({type(exc).__name__}: {failure})",
+                    )
+        return choice
 
     def write_ticks(self, batch: TickBatch, log_offset: int, stream: str = "ticklog") -> None:
         """Insert `batch` by binary COPY and set the offset of `stream`, in one transaction."""

@@ -8,15 +8,13 @@ create table if not exists symbols (
     name text not null unique
 );
 
+-- The store creates TimescaleDB before this runs, and only where it can load (docs/postgres.md,
+-- "Choosing the layout"): without shared_preload_libraries, loading it ends the session with a
+-- FATAL error that no exception handler here could catch.
 do $$
 begin
-    begin
-        create extension if not exists timescaledb;
-    exception when others then
-        raise notice 'timescaledb unavailable (%), using native partitioning', sqlerrm;
-    end;
-
-    if exists (select 1 from pg_extension where extname = 'timescaledb') then
+    if exists (select 1 from pg_extension where extname = 'timescaledb')
+       and current_setting('timescaledb.max_background_workers', true) is not null then
         create table if not exists ticks (
             symbol_id integer not null,
             ts timestamptz not null,
@@ -27,8 +25,10 @@ begin
             bid double precision,
             ask double precision
         );
+        -- No default index on ts: the (symbol_id, ts) btree and the ts BRIN below serve every
+        -- query of the store, and it would cost ~27 B and one more btree insert per tick.
         perform create_hypertable('ticks', 'ts', chunk_time_interval => interval '1 day',
-                                  if_not_exists => true);
+                                  create_default_indexes => false, if_not_exists => true);
     else
         -- Partitions (one per UTC day) are created on demand by the store before it writes.
         create table if not exists ticks (
