@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from hft_pipeline.market.ticks import SYMBOL_PATTERN
+from hft_pipeline.market.ticks import InvalidSymbolError, validate_symbol
 
 FSYNC_POLICIES = ("always", "interval", "off")
 
@@ -112,11 +112,10 @@ class Settings:
                 f"HFT_SIM_HISTORY_S must be between 0 and 2592000 (30 days), got {self.sim_history_s}"
             )
         for symbol in self.symbols:
-            if not SYMBOL_PATTERN.match(symbol):
-                raise SettingsError(
-                    f"HFT_SYMBOLS: invalid symbol {symbol!r}: use 1-32 characters from "
-                    "A-Z a-z 0-9 _ . - starting with a letter or digit"
-                )
+            try:
+                validate_symbol(symbol)
+            except InvalidSymbolError as exc:
+                raise SettingsError(f"HFT_SYMBOLS: {exc}") from None
         if not (
             self.store_url == ""
             or self.store_url.startswith(("sqlite://", "postgresql://", "postgres://"))

@@ -44,3 +44,11 @@ def test_defaults_and_overrides():
 def test_bad_values_name_the_variable(env, needle):
     with pytest.raises(SettingsError, match=needle):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize("symbol", ["NLSYM\n", "PETR4\r\n", "a b", "R_100|x", "", "x" * 33, "_X"])
+def test_bad_symbols_are_refused_with_the_reason(symbol):
+    with pytest.raises(SettingsError, match="HFT_SYMBOLS: invalid symbol"):
+        Settings(symbols=("PETR4", symbol)).check()
+    with pytest.raises(SettingsError, match="HFT_SYMBOLS"):
+        Settings.from_env({}, symbols=(symbol,))

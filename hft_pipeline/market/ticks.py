@@ -8,7 +8,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SYMBOL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+#: The symbol grammar (DESIGN §2) as a JSON Schema / OpenAPI pattern, where `$` ends the text.
+SYMBOL_REGEX = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$"
+#: The same grammar for Python's `re`, where `$` also matches before a final newline ("PETR4\n"
+#: would pass `match`): `\Z` ends the text whether one calls `match`, `fullmatch` or `search`.
+SYMBOL_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,31}\Z")
 
 TICK_COLUMNS = ("ts", "seq", "price", "volume", "bid", "ask")
 
@@ -19,7 +23,7 @@ class InvalidSymbolError(ValueError):
 
 def validate_symbol(symbol: str) -> str:
     """Return `symbol` unchanged if it is a legal name, else raise InvalidSymbolError."""
-    if not isinstance(symbol, str) or not SYMBOL_PATTERN.match(symbol):
+    if not isinstance(symbol, str) or not SYMBOL_PATTERN.fullmatch(symbol):
         raise InvalidSymbolError(
             f"invalid symbol {symbol!r}: use 1-32 characters from A-Z a-z 0-9 _ . - "
             "starting with a letter or digit (e.g. R_100, frxEURUSD, PETR4)"
@@ -28,7 +32,7 @@ def validate_symbol(symbol: str) -> str:
 
 
 def is_valid_symbol(symbol: object) -> bool:
-    return isinstance(symbol, str) and SYMBOL_PATTERN.match(symbol) is not None
+    return isinstance(symbol, str) and SYMBOL_PATTERN.fullmatch(symbol) is not None
 
 
 @dataclass(slots=True)
