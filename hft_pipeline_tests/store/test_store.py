@@ -191,18 +191,50 @@ def test_ticks_across_several_days(backend: Backend) -> None:
     pd.testing.assert_frame_equal(second_day, want.reset_index(drop=True))
 
     if backend.name == "postgres":
-        partitions = backend.query(
-            "select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid "
-            "where i.inhparent = 'ticks'::regclass order by 1"
-        )
+        # Native partitions and TimescaleDB chunks alike: one child table per UTC day, and a
+        # query bounded to one day plans a scan of that day's child only.
+        by_day = pg_children_by_day(backend)
         days = sorted({int(d) for d in frame["ts"] // DAY})
-        assert len(days) == 4
-        expected_names = [
-            "ticks_" + pd.Timestamp(d * DAY, unit="ns").strftime("%Y%m%d") for d in days
-        ]
-        assert [name for (name,) in partitions] == expected_names
-        per_partition = backend.query(f"select count(*) from {expected_names[1]}")[0][0]
-        assert per_partition == int((frame["ts"] // DAY == days[1]).sum())
+        assert len(days) == 4 and sorted(by_day) == days
+        second = by_day[days[1]]
+        count = backend.query(f"select count(*) from {second}")[0][0]
+        assert count == int((frame["ts"] // DAY == days[1]).sum())
+        lo, hi = (pd.Timestamp(d * DAY, unit="ns", tz="UTC").isoformat() for d in days[1:3])
+        one_day = f"select count(*) from ticks where ts >= '{lo}' and ts < '{hi}'"
+        assert pg_scanned_children(backend, one_day) == {second}
+        assert backend.query(one_day)[0][0] == count
+
+
+def pg_children_by_day(backend: Backend) -> dict[int, str]:
+    """The child tables of ticks (partitions or chunks), keyed by the one UTC day each holds."""
+    children = backend.query(
+        "select format('%I.%I', n.nspname, c.relname) from pg_inherits i "
+        "join pg_class c on c.oid = i.inhrelid join pg_namespace n on n.oid = c.relnamespace "
+        "where i.inhparent = 'ticks'::regclass"
+    )
+    by_day: dict[int, str] = {}
+    for (name,) in children:
+        days = backend.query(f"select distinct ts_ns / {DAY} from {name}")
+        assert len(days) == 1, f"{name} holds ticks of {len(days)} days"
+        by_day[int(days[0][0])] = name
+    return by_day
+
+
+def pg_scanned_children(backend: Backend, query: str) -> set[str]:
+    """Tables the plan of `query` reads, but the parent ticks (a hypertable's is always empty)."""
+    ((explained,),) = backend.query(f"explain (verbose, format json) {query}")
+    parent = backend.query(
+        "select format('%I.%I', n.nspname, c.relname) from pg_class c "
+        "join pg_namespace n on n.oid = c.relnamespace where c.oid = 'ticks'::regclass"
+    )[0][0]
+    found: set[str] = set()
+    nodes = [explained[0]["Plan"]]
+    while nodes:
+        node = nodes.pop()
+        if "Relation Name" in node:
+            found.add(f"{node['Schema']}.{node['Relation Name']}")
+        nodes.extend(node.get("Plans", []))
+    return found - {parent}
 
 
 def test_last_seqs_watermark_and_symbols(backend: Backend) -> None:
