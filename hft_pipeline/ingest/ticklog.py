@@ -1,8 +1,9 @@
-"""The durable tick log: segmented append-only files of CRC-framed TickBatch records (DESIGN §3).
+"""The durable tick log: segmented append-only files of CRC-framed TickBatch records.
 
-Modelled on the kdb+ tickerplant log and Kafka segments: a batch counts as received once it is
-appended here; the persister drains it by global byte offset and retention deletes segments that
-are wholly persisted. On open, a torn tail (partial or CRC-bad record) is truncated.
+A batch counts as received once it is appended here; the persister drains it by global byte
+offset and retention deletes segments that are wholly persisted. On open every segment is checked
+record by record: a torn tail is truncated, damage elsewhere is skipped and reported, never cut
+(docs/ticklog.md).
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ from __future__ import annotations
 import bisect
 import fcntl
 import functools
+import json
+import logging
+import mmap
 import os
 import re
 import struct
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -29,13 +34,17 @@ if TYPE_CHECKING:
 __all__ = [
     "FSYNC_POLICIES",
     "CorruptLogError",
+    "DamagedSpan",
     "LogBackend",
     "OffsetError",
     "TickLog",
     "TickLogError",
+    "TornTail",
     "decode_record",
     "encode_record",
 ]
+
+log = logging.getLogger(__name__)
 
 FSYNC_POLICIES = ("always", "interval", "off")
 
@@ -58,6 +67,9 @@ _MAX_PAYLOAD = 0xFFFFFFFF
 
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.log$")
 LOCK_NAME = ".lock"
+# Acknowledged damage and an interrupted reset_to() survive restarts here (docs/ticklog.md §5).
+STATE_NAME = "state.json"
+_STATE_VERSION = 1
 _READ_CHUNK_MIN = 1 << 16
 _READ_CHUNK_MAX = 1 << 24
 
@@ -71,7 +83,42 @@ class OffsetError(TickLogError, ValueError):
 
 
 class CorruptLogError(TickLogError):
-    """A record inside the log (not its tail) fails its framing or CRC check."""
+    """A record that recovery did not know as damaged fails its framing or CRC check on read
+    (it went bad while the log was open); reopening the log skips and reports it."""
+
+
+@dataclass(frozen=True, slots=True)
+class TornTail:
+    """The final record of the last segment, cut short or failing its check, truncated on open."""
+
+    segment: str  # file name of the last segment
+    offset: int  # global offset where the torn record started (the log's end after the cut)
+    bytes: int
+    records: int = 1
+    ticks: int | None = None  # declared by the record's payload head, None if unreadable
+
+
+@dataclass(frozen=True, slots=True)
+class DamagedSpan:
+    """Bytes of a segment in which no valid record starts, found on open and skipped by reads.
+
+    kind "corrupt": records failing their framing or CRC check; "missing": the segment file ends
+    before the next segment's base (bytes never reached the disk); "overlap": the file holds bytes
+    past the next segment's base, which no offset can address (offset == end, `bytes` counts them).
+    """
+
+    segment: str  # file name of the segment holding the span
+    offset: int  # global start
+    end: int  # global end, exclusive; the next valid record (or the segment's end) starts here
+    bytes: int
+    records: int  # best effort: record headers that still parse inside the span, at least 1
+    ticks: int | None  # ticks the damaged records declared, None unless they tile the span
+    kind: str = "corrupt"
+
+    @property
+    def key(self) -> tuple[str, int, int, int]:
+        """What identifies the span across restarts (acknowledgements are stored by it)."""
+        return (self.segment, self.offset, self.end, self.bytes)
 
 
 def _pad8(n: int) -> int:
@@ -184,19 +231,152 @@ def decode_record(buf: bytearray | bytes | memoryview, pos: int = 0) -> tuple[Ti
     return batch, HEADER_SIZE + length
 
 
-def _valid_prefix(fd: int, size: int) -> int:
-    """Length of the longest prefix of the file made of whole records with good CRCs."""
+def _valid_at(view: memoryview, pos: int, limit: int) -> int:
+    """Size of the whole, CRC-valid record at `pos` that ends by `limit`, else 0."""
+    if limit - pos < HEADER_SIZE:
+        return 0
+    length = _check_header(view, pos)
+    if length < 0 or limit - pos - HEADER_SIZE < length:
+        return 0
+    start = pos + HEADER_SIZE
+    if zlib.crc32(view[start : start + length]) != _HEADER.unpack_from(view, pos)[5]:
+        return 0
+    return HEADER_SIZE + length
+
+
+def _magic_positions(data: mmap.mmap, start: int, stop: int) -> Iterator[int]:
+    """Every position in [start, stop) where the frame magic begins (found by mmap.find, in C)."""
+    at = start
+    while (q := data.find(MAGIC, at, stop)) >= 0:
+        yield q
+        at = q + 1
+
+
+def _resync(data: mmap.mmap, view: memoryview, pos: int, limit: int) -> int:
+    """The first 8-aligned position after `pos` where a valid record starts, or -1 if none.
+
+    Records are written at 8-aligned positions of their segment, so only those are candidates;
+    a candidate must pass the header check and its payload CRC."""
+    for q in _magic_positions(data, pos + 1, limit):
+        if q % 8 == 0 and _valid_at(view, q, limit):
+            return q
+    return -1
+
+
+def _scan(data: mmap.mmap, view: memoryview, limit: int) -> tuple[list[tuple[int, int]], int]:
+    """Walk the first `limit` bytes of a segment record by record: the bad regions [(start,
+    stop)] after each of which a valid record resumes, and where the trailing region with no
+    valid record in it starts (`limit` when the segment ends with a valid record)."""
+    bad: list[tuple[int, int]] = []
     pos = 0
-    while size - pos >= HEADER_SIZE:
-        head = os.pread(fd, HEADER_SIZE, pos)
-        length = _check_header(head, 0)
-        if length < 0 or size - pos - HEADER_SIZE < length:
-            break
-        payload = os.pread(fd, length, pos + HEADER_SIZE)
-        if len(payload) != length or zlib.crc32(payload) != _HEADER.unpack_from(head)[5]:
-            break
-        pos += HEADER_SIZE + length
-    return pos
+    while pos < limit:
+        size = _valid_at(view, pos, limit)
+        if size:
+            pos += size
+            continue
+        resume = _resync(data, view, pos, limit)
+        if resume < 0:
+            return bad, pos
+        bad.append((pos, resume))
+        pos = resume
+    return bad, limit
+
+
+def _record_head(view: memoryview, pos: int, avail: int) -> tuple[int, int] | None:
+    """(ticks, record size) declared by the payload head of the record at `pos`, if the head
+    lies within `avail` and is self-consistent: a tick count and symbol table whose framed size
+    equals the header's length (or, when the header itself is damaged, any size). None if not."""
+    head = pos + HEADER_SIZE
+    if avail - head < _PAYLOAD_HEAD.size:
+        return None
+    n, nsym = _PAYLOAD_HEAD.unpack_from(view, head)
+    if not n or not nsym:  # we never write an empty record: zeros are no head
+        return None
+    p = head + _PAYLOAD_HEAD.size
+    for _ in range(nsym):
+        if p >= avail:
+            return None
+        p += 1 + view[p]
+    if p > avail:
+        return None
+    payload = _pad8(_pad8(p - head) + n * _BYTES_PER_TICK)
+    length = _check_header(view, pos) if avail - pos >= HEADER_SIZE else -1
+    if length >= 0 and length != payload:
+        return None
+    return n, HEADER_SIZE + payload
+
+
+def _census(
+    data: mmap.mmap, view: memoryview, start: int, stop: int, avail: int
+) -> tuple[int, int | None]:
+    """(records, ticks) of a damaged region [start, stop) of a segment whose bytes end at
+    `avail` (before `stop` when bytes are missing). Ticks are summed only when the records'
+    declared sizes tile the region exactly, so a number is never a guess."""
+    readable = min(stop, avail)
+    headers = sum(
+        1
+        for q in _magic_positions(data, start, readable)
+        if q % 8 == 0 and readable - q >= HEADER_SIZE and _check_header(view, q) >= 0
+    )
+    ticks, steps, pos = 0, 0, start
+    while pos < stop:
+        head = _record_head(view, pos, readable)
+        if head is None:
+            return max(1, headers), None
+        ticks += head[0]
+        steps += 1
+        pos += head[1]
+    if pos != stop:
+        return max(1, headers), None
+    return max(steps, headers), ticks
+
+
+def _misaligned_records(data: mmap.mmap, view: memoryview, start: int, stop: int) -> int:
+    """Valid records starting at positions that are not 8-aligned in [start, stop): evidence
+    that bytes were inserted or deleted, which the aligned resync cannot follow."""
+    return sum(1 for q in _magic_positions(data, start, stop) if q % 8 and _valid_at(view, q, stop))
+
+
+def _write_state(directory: Path, state: dict) -> None:
+    """Replace the state file atomically: temp file, fsync, rename, directory fsync."""
+    tmp = directory / f"{STATE_NAME}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, json.dumps(state, indent=1).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, directory / STATE_NAME)
+    dfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _read_state(directory: Path) -> tuple[set[tuple[str, int, int, int]], int | None]:
+    """The acknowledged span keys and the pending reset base; a damaged state file is reported
+    and read as empty (its damage is then simply unacknowledged again)."""
+    path = directory / STATE_NAME
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return set(), None
+    try:
+        state = json.loads(raw)
+        acked = {
+            (str(a["segment"]), int(a["offset"]), int(a["end"]), int(a["bytes"]))
+            for a in state.get("acknowledged", ())
+        }
+        reset = state.get("reset_base")
+        return acked, None if reset is None else int(reset)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        log.warning(
+            "tick log: state file %s is unreadable (%s); acknowledged damage is reported again",
+            path,
+            exc,
+        )
+        return set(), None
 
 
 @runtime_checkable
@@ -224,7 +404,8 @@ class TickLog:
     """A segmented append-only log of TickBatch records addressed by global byte offsets.
 
     Thread-safe: one thread may append while another reads and retains. Locks, always taken in
-    this order: `_read_lock` -> `_lock` and `_sync_lock` -> `_lock` (never read and sync together).
+    this order: `_read_lock` -> `_sync_lock` -> `_state_lock` -> `_lock`, each step optional
+    (only reset_to() holds both `_read_lock` and `_sync_lock`).
     """
 
     def __init__(
@@ -254,7 +435,18 @@ class TickLog:
         self._dir_dirty = False
         self._closed = False
         self._flush_error: BaseException | None = None
+        #: What recovery cut off the end of the log on open (None: the log ended cleanly).
+        self.torn: TornTail | None = None
+        #: Bytes cut by that truncation (0 if none); kept for callers that count bytes only.
         self.truncated_bytes = 0
+        # Damage known since open, sorted by offset; replaced, never mutated, so a reader can
+        # take the current list without a lock. The skip bounds are what read() jumps over.
+        self._damaged: list[DamagedSpan] = []
+        self._skip_starts: list[int] = []
+        self._skip_ends: list[int] = []
+        self._acked: set[tuple[str, int, int, int]] = set()
+        self._reset_base: int | None = None
+        self._state_lock = threading.Lock()
 
         self.directory.mkdir(parents=True, exist_ok=True)
         # Two writers interleaving records in one segment would corrupt it: hold an exclusive
@@ -273,6 +465,7 @@ class TickLog:
         except BaseException:
             os.close(self._lock_fd)
             raise
+        self._report_recovery()
         active = _segment_path(self.directory, self._bases[-1])
         self._fd = os.open(active, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._active_size = os.fstat(self._fd).st_size
@@ -302,45 +495,190 @@ class TickLog:
 
     # ------------------------------------------------------------------ recovery
     def _recover(self) -> list[int]:
-        """Segment bases after cutting the torn tail; creates segment 0 in an empty directory."""
+        """Segment bases after checking every segment (docs/ticklog.md §3): cuts the torn tail,
+        records damaged spans, finishes an interrupted reset_to(); creates the first segment in
+        an empty directory."""
+        self._acked, self._reset_base = _read_state(self.directory)
+        stored_acks = set(self._acked)
         bases = sorted(
             int(m.group(1))
             for p in self.directory.iterdir()
             if (m := _SEGMENT_NAME.match(p.name)) and p.is_file()
         )
+        if self._reset_base is not None:
+            # reset_to() stores its target first, then deletes the old segments: any segment
+            # still wholly below the target was persisted before the reset and goes now.
+            for base in list(bases):
+                path = _segment_path(self.directory, base)
+                if base < self._reset_base and base + path.stat().st_size <= self._reset_base:
+                    path.unlink()
+                    bases.remove(base)
+                    self._dir_dirty = True
         if not bases:
-            _segment_path(self.directory, 0).touch()
+            first = self._reset_base or 0
+            _segment_path(self.directory, first).touch()
             self._dir_dirty = True
-            return [0]
-        sizes = [_segment_path(self.directory, b).stat().st_size for b in bases]
-        # The tail to scan is the first segment that does not reach its successor's base: after a
-        # power loss an older segment may have lost unsynced bytes while a newer one kept some.
-        # Nothing behind such a hole was acknowledged as durable, so later segments are dropped.
-        tail = len(bases) - 1
-        for i in range(len(bases) - 1):
-            expected = bases[i + 1] - bases[i]
-            if sizes[i] > expected:
-                raise CorruptLogError(
-                    f"segment {_segment_path(self.directory, bases[i])} holds {sizes[i]} bytes, "
-                    f"more than the {expected} before the next segment; the log is damaged"
-                )
-            if sizes[i] < expected:
-                tail = i
-                break
-        for i in range(tail + 1, len(bases)):
-            self.truncated_bytes += sizes[i]
-            _segment_path(self.directory, bases[i]).unlink()
-        del bases[tail + 1 :]
-        path = _segment_path(self.directory, bases[tail])
-        fd = os.open(path, os.O_RDWR)
-        try:
-            good = _valid_prefix(fd, sizes[tail])
-            if good < sizes[tail]:
-                os.ftruncate(fd, good)
-                self.truncated_bytes += sizes[tail] - good
-        finally:
-            os.close(fd)
+            bases = [first]
+        spans: list[DamagedSpan] = []
+        for i, base in enumerate(bases):
+            spans.extend(self._check_segment(base, bases[i + 1] if i + 1 < len(bases) else None))
+        self._set_damage(sorted(spans, key=lambda s: (s.offset, s.end)))
+        # Acknowledgements of spans that no longer exist (segment deleted, damage changed or cut
+        # as the torn tail) are dropped, so the state file never holds stale entries.
+        self._acked &= {s.key for s in self._damaged}
+        if self._acked != stored_acks:
+            self._save_state()
         return bases
+
+    def _check_segment(self, base: int, next_base: int | None) -> list[DamagedSpan]:
+        """The damaged spans of one segment, found in one read pass; for the last segment
+        (`next_base` None) also its torn tail, truncated here."""
+        path = _segment_path(self.directory, base)
+        name = path.name
+        with open(path, "rb" if next_base is not None else "r+b") as f:
+            size = os.fstat(f.fileno()).st_size
+            room = size if next_base is None else next_base - base
+            if not size:
+                if room:  # an empty file where records should be
+                    return [DamagedSpan(name, base, base + room, room, 1, None, "missing")]
+                return []
+            limit = min(size, room)
+            spans: list[DamagedSpan] = []
+            cut = -1
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            try:
+                with memoryview(data) as view:
+
+                    def span(start: int, stop: int, kind: str = "corrupt") -> DamagedSpan:
+                        records, ticks = _census(data, view, start, stop, limit)
+                        return DamagedSpan(
+                            name, base + start, base + stop, stop - start, records, ticks, kind
+                        )
+
+                    bad, tail = _scan(data, view, limit)
+                    spans.extend(span(start, stop) for start, stop in bad)
+                    if next_base is None:
+                        if tail < size:
+                            cut = self._tear(data, view, name, base, tail, size, spans, span)
+                    else:
+                        if room > size:
+                            spans.append(span(tail, room, "missing"))
+                        elif tail < limit:
+                            spans.append(span(tail, limit))
+                        if size > room:
+                            # Bytes past the next segment's base: no offset can address them, so
+                            # they are reported (and kept on disk), never read.
+                            records, ticks = _census(data, view, room, size, size)
+                            spans.append(
+                                DamagedSpan(
+                                    name,
+                                    next_base,
+                                    next_base,
+                                    size - room,
+                                    records,
+                                    ticks,
+                                    "overlap",
+                                )
+                            )
+            finally:
+                data.close()
+            if cut >= 0:
+                os.ftruncate(f.fileno(), cut)
+        return spans
+
+    def _tear(
+        self,
+        data: mmap.mmap,
+        view: memoryview,
+        name: str,
+        base: int,
+        tail: int,
+        size: int,
+        spans: list[DamagedSpan],
+        span: Callable[[int, int], DamagedSpan],
+    ) -> int:
+        """Split the trailing region [tail, size) of the last segment, in which no valid record
+        starts: its final record is the torn tail, anything before it a damaged span. Returns
+        where to truncate, or -1 to keep the whole region (as a damaged span)."""
+        if _misaligned_records(data, view, tail, size):
+            # Intact records at positions the aligned scan cannot reach: never cut them.
+            spans.append(span(tail, size))
+            return -1
+        # The final record starts at the last record header still standing; with none, the
+        # whole region is what is left of one record whose header is damaged too.
+        final = tail
+        for q in _magic_positions(data, tail, size):
+            if q % 8 == 0 and size - q >= HEADER_SIZE and _check_header(view, q) >= 0:
+                final = q
+        if final > tail:
+            spans.append(span(tail, final))
+        head = _record_head(view, final, size)
+        self.torn = TornTail(name, base + final, size - final, 1, None if head is None else head[0])
+        self.truncated_bytes = size - final
+        return final
+
+    def _report_recovery(self) -> None:
+        """One warning per damaged span and one for a torn tail, each in records and ticks."""
+        for s in self._damaged:
+            log.warning(
+                "tick log: damaged span (%s) in segment %s at offsets %d..%d, %d bytes: %d "
+                "record(s) and %s tick(s) unreadable, skipped by reads%s",
+                s.kind,
+                s.segment,
+                s.offset,
+                s.end,
+                s.bytes,
+                s.records,
+                "an unknown number of" if s.ticks is None else s.ticks,
+                " (acknowledged earlier)" if s.key in self._acked else "",
+            )
+        if self.torn is not None:
+            t = self.torn
+            log.warning(
+                "tick log: torn tail cut from segment %s at offset %d, %d bytes: %d record and "
+                "%s tick(s) lost",
+                t.segment,
+                t.offset,
+                t.bytes,
+                t.records,
+                "an unknown number of" if t.ticks is None else t.ticks,
+            )
+
+    def _set_damage(self, spans: list[DamagedSpan]) -> None:
+        """Install the known spans and the read-skip bounds derived from them."""
+        skips = [s for s in spans if s.end > s.offset]
+        self._damaged = spans
+        self._skip_starts = [s.offset for s in skips]
+        self._skip_ends = [s.end for s in skips]
+
+    def _save_state(self) -> None:
+        fields = ("segment", "offset", "end", "bytes")
+        acked = [dict(zip(fields, k, strict=True)) for k in sorted(self._acked)]
+        _write_state(
+            self.directory,
+            {"version": _STATE_VERSION, "reset_base": self._reset_base, "acknowledged": acked},
+        )
+
+    # ------------------------------------------------------------------ damage
+    @property
+    def damaged(self) -> list[DamagedSpan]:
+        """Every damaged span of the retained segments, acknowledged or not, by offset."""
+        return list(self._damaged)
+
+    @property
+    def unacknowledged_damage(self) -> list[DamagedSpan]:
+        """The damaged spans nobody has acknowledged yet (what alerts and /status should show)."""
+        acked = self._acked
+        return [s for s in self._damaged if s.key not in acked]
+
+    def acknowledge_damage(self) -> int:
+        """Mark every known damaged span acknowledged, durably; returns how many were new."""
+        with self._state_lock:
+            new = {s.key for s in self._damaged} - self._acked
+            if new:
+                self._acked = self._acked | new
+                self._save_state()
+            return len(new)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -476,13 +814,16 @@ class TickLog:
 
     def read(self, offset: int, max_ticks: int) -> tuple[TickBatch, int]:
         """Whole records from `offset` (a record boundary) until at least `max_ticks` ticks or the
-        end, concatenated, and the offset after them; (empty batch, offset) at the end."""
+        end, concatenated, and the offset after them; (empty batch, offset) at the end. Damaged
+        spans found on open are skipped: a read that starts in one or reaches one goes on at its
+        end, and the offset returned is never inside one."""
         if max_ticks <= 0:
             raise ValueError(f"max_ticks must be > 0, got {max_ticks}")
         with self._read_lock:
             with self._lock:
                 end = self._end
                 bases = list(self._bases)
+            starts, ends = self._skip_starts, self._skip_ends
             if offset < bases[0]:
                 raise OffsetError(
                     f"offset {offset} is below the log start {bases[0]}: those segments were "
@@ -497,21 +838,30 @@ class TickLog:
             # not allocate the whole segment up front.
             want = min(max(max_ticks * _BYTES_PER_TICK + 4096, _READ_CHUNK_MIN), _READ_CHUNK_MAX)
             while pos < end and ticks < max_ticks:
+                stop = end
+                if starts:  # damage is rare: an undamaged log pays this one test per chunk
+                    k = bisect.bisect_right(starts, pos) - 1
+                    if k >= 0 and pos < ends[k]:
+                        pos = ends[k]
+                        continue
+                    if k + 1 < len(starts):
+                        stop = starts[k + 1]
                 i = bisect.bisect_right(bases, pos) - 1
                 base = bases[i]
                 seg_end = bases[i + 1] if i + 1 < len(bases) else end
-                if pos >= seg_end:  # an empty segment (possible right after a roll)
+                stop = min(stop, seg_end)
+                if pos >= stop:  # an empty segment (possible right after a roll)
                     pos = seg_end
                     continue
                 fd = self._read_fd(base)
-                buf = self._pread(fd, min(want, seg_end - pos), pos - base)
+                buf = self._pread(fd, min(want, stop - pos), pos - base)
                 at = 0
                 while ticks < max_ticks and len(buf) - at >= HEADER_SIZE:
                     length = _check_header(buf, at)
                     if length < 0:
                         raise self._bad_offset(pos + at, offset)
                     size = HEADER_SIZE + length
-                    if pos + at + size > seg_end:
+                    if pos + at + size > stop:
                         raise self._bad_offset(pos + at, offset)
                     if len(buf) - at < size:
                         if at:
@@ -521,7 +871,8 @@ class TickLog:
                         batch, size = decode_record(buf, at)
                     except CorruptLogError as exc:
                         raise CorruptLogError(
-                            f"the record at offset {pos + at} is damaged: {exc}"
+                            f"the record at offset {pos + at} is damaged: {exc}; it went bad "
+                            "after the log was opened: reopen the log to skip and report it"
                         ) from exc
                     parts.append(batch)
                     ticks += len(batch)
@@ -529,8 +880,13 @@ class TickLog:
                 if at == 0 and len(buf) < HEADER_SIZE:
                     raise self._bad_offset(pos, offset)
                 pos += at
+            if starts:  # never hand out an offset at a span's start: the next read skips it
+                k = bisect.bisect_right(starts, pos) - 1
+                while k >= 0 and k < len(starts) and starts[k] <= pos < ends[k]:
+                    pos = ends[k]
+                    k += 1
         if not parts:
-            return TickBatch.empty(), offset
+            return TickBatch.empty(), pos
         return concat_batches(parts), pos
 
     @staticmethod
@@ -555,15 +911,15 @@ class TickLog:
         """Batches of about `max_ticks` ticks with the offset after each, from `offset` to the end."""
         while True:
             batch, nxt = self.read(offset, max_ticks)
-            if nxt == offset:
+            if not len(batch):  # the end (past any damage that ends the log)
                 return
             yield batch, nxt
             offset = nxt
 
     # ------------------------------------------------------------------ retention and close
     def retain(self, persisted_offset: int) -> int:
-        """Delete the segments that lie wholly below `persisted_offset` (never the active one);
-        returns how many were deleted."""
+        """Delete the segments that lie wholly below `persisted_offset` (never the active one),
+        and their damaged spans; returns how many segments were deleted."""
         with self._read_lock:
             with self._lock:
                 doomed = []
@@ -574,7 +930,48 @@ class TickLog:
                 if fd is not None:
                     os.close(fd)
                 _segment_path(self.directory, base).unlink()
+            if doomed:
+                gone = {_segment_path(self.directory, base).name for base in doomed}
+                with self._state_lock:
+                    if any(s.segment in gone for s in self._damaged):
+                        self._set_damage([s for s in self._damaged if s.segment not in gone])
+                        acked = {k for k in self._acked if k[0] not in gone}
+                        if acked != self._acked:
+                            self._acked = acked
+                            self._save_state()
         return len(doomed)
+
+    def reset_to(self, offset: int) -> None:
+        """Restart the log empty at `offset`, for a store that persisted up to an offset at or
+        beyond the log's end (every record here is then persisted): deletes every segment and
+        opens a new one whose base is `offset`. Crash-safe: the target is stored first, and a
+        reopen finishes an interrupted reset (docs/ticklog.md §6)."""
+        with self._read_lock, self._sync_lock, self._state_lock, self._lock:
+            if self._closed:
+                raise TickLogError(f"tick log {self.directory} is closed")
+            if offset < self._end:
+                raise ValueError(
+                    f"reset_to({offset}) would drop records: the log ends at {self._end}; "
+                    "reset only to an offset the store has persisted at or beyond the log's end"
+                )
+            self._reset_base = offset
+            self._acked = set()
+            self._save_state()
+            for fd in (*self._retired, self._fd, *self._read_fds.values()):
+                os.close(fd)
+            self._retired.clear()
+            self._read_fds.clear()
+            for base in self._bases:
+                _segment_path(self.directory, base).unlink(missing_ok=True)
+            self._fd = os.open(
+                _segment_path(self.directory, offset), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
+            )
+            self._bases = [offset]
+            self._active_size = 0
+            self._end = self._durable = offset
+            self._set_damage([])
+            self._dir_dirty = False
+            self._sync_directory()
 
     def close(self) -> None:
         """Flush and fsync everything, stop the flusher thread and close the files."""
