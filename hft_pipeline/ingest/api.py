@@ -7,8 +7,10 @@ lock is needed; store queries run in worker threads and fill what memory does no
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -17,18 +19,21 @@ from urllib.parse import parse_qsl
 import msgspec
 import numpy as np
 import pandas as pd
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hft_pipeline import __version__
 from hft_pipeline.ingest.service import IngestService
-from hft_pipeline.market.ticks import SYMBOL_PATTERN, validate_symbol
+from hft_pipeline.market.ticks import SYMBOL_PATTERN, SYMBOL_REGEX, validate_symbol
 from hft_pipeline.market.timeframes import ALL_TIMEFRAMES, TIMEFRAMES, bucket_start, timeframe_ns
+from hft_pipeline.store.base import StoreUnavailableError
 
 MAX_LIMIT = 100_000
 RAW_FIELDS = ("ts", "seq", "price", "volume")
@@ -39,7 +44,10 @@ assert set(Timeframe.__args__) == set(ALL_TIMEFRAMES)  # type: ignore[attr-defin
 
 
 class SubscribeRequest(BaseModel):
-    symbol: str = Field(description="Instrument name, e.g. PETR4, R_100, frxEURUSD")
+    symbol: str = Field(
+        description="Instrument name, e.g. PETR4, R_100, frxEURUSD",
+        json_schema_extra={"pattern": SYMBOL_REGEX},
+    )
     exchange: str = Field(default="SIM", max_length=32, description="Exchange or feed name")
 
     @field_validator("symbol")
@@ -49,7 +57,7 @@ class SubscribeRequest(BaseModel):
 
 
 class UnsubscribeRequest(BaseModel):
-    symbol: str
+    symbol: str = Field(json_schema_extra={"pattern": SYMBOL_REGEX})
 
     @field_validator("symbol")
     @classmethod
@@ -57,23 +65,94 @@ class UnsubscribeRequest(BaseModel):
         return validate_symbol(value)
 
 
+class ErrorBody(BaseModel):
+    """Every error answer (docs/api.md, Errors): what was wrong and what to do, in words."""
+
+    detail: str
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int] = Field(description="Where: path, query or body, then the field")
+    msg: str
+    type: str
+
+
+class ValidationErrorBody(ErrorBody):
+    """A 422: `detail` joins the issues as `field: message; ...`."""
+
+    errors: list[ValidationIssue]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    problems: list[str]
+    pending_ticks: int
+    time: str
+
+
+#: The times /ticks accepts (docs/api.md, Times): the int64 nanoseconds since the epoch that
+#: ticks carry (DESIGN §2), from 0 up, as pandas and numpy can represent every one of them.
+MIN_TIME_NS, MAX_TIME_NS = 0, 2**63 - 1
+TIME_RANGE = "1970-01-01T00:00:00Z..2262-04-11T23:47:16.854775807Z (0..9223372036854775807 ns)"
+_TIME_TEXT = f"ns since the epoch or ISO-8601 (no offset: UTC) in {TIME_RANGE}; empty: none"
+_NS_TEXT = r"-?[0-9]+"
+_ISO_TEXT = (
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"(?:[Tt ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?(?:[Zz]|[+-][0-9]{2}(?::?[0-9]{2})?)?)?"
+)
+#: start/end as an OpenAPI pattern: empty (unset), integer ns or ISO-8601.
+TIME_REGEX = f"^(?:{_NS_TEXT}|{_ISO_TEXT})?$"
+_NS = re.compile(_NS_TEXT)
+_ISO = re.compile(_ISO_TEXT)
+
+
+def _invalid(name: str, value: str, message: str) -> RequestValidationError:
+    """A 422 about query parameter `name`, shaped like FastAPI's own validation errors."""
+    return RequestValidationError(
+        [{"type": "value_error", "loc": ("query", name), "msg": message, "input": value}]
+    )
+
+
 def parse_time(value: str | None, name: str) -> int | None:
-    """`value` as ns since the epoch: an integer (ns) or an ISO-8601 time (naive means UTC)."""
+    """`value` as ns since the epoch: integer ns or ISO-8601 (no offset means UTC) in TIME_RANGE;
+    None if empty. RequestValidationError (a 422 naming `name`) for anything else."""
     if value is None or value == "":
         return None
-    text = value.strip()
-    if text.lstrip("-").isdigit():
-        return int(text)
+    if _NS.fullmatch(value):
+        digits = value.lstrip("-").lstrip("0")  # int() refuses over 4300 digits
+        ns = int(value) if len(digits) <= 19 else None
+    elif _ISO.fullmatch(value):
+        ns = _iso_ns(value, name)
+    else:
+        raise _invalid(
+            name,
+            value,
+            f"{value!r} is neither integer nanoseconds since the epoch nor an ISO-8601 time "
+            "(e.g. 1767225600000000000 or 2026-01-01T00:00:00Z)",
+        )
+    if ns is None or not MIN_TIME_NS <= ns <= MAX_TIME_NS:
+        raise _invalid(name, value, f"{value!r} is outside the accepted times {TIME_RANGE}")
+    return ns
+
+
+def _iso_ns(text: str, name: str) -> int | None:
+    """ns since the epoch of an ISO-8601 `text`; None when int64 ns cannot hold it."""
     try:
-        stamp = pd.Timestamp(text)
-    except (ValueError, TypeError):
-        raise HTTPException(
-            422, f"{name}={value!r} is neither integer nanoseconds nor an ISO-8601 time"
-        ) from None
-    if stamp is pd.NaT:
-        raise HTTPException(422, f"{name}={value!r} is not a time")
-    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-    return int(stamp.value)
+        stamp = pd.Timestamp(text)  # seconds or finer units: years 1..9999 parse
+        stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+        return int(stamp.as_unit("ns").value)
+    except (OverflowError, pd.errors.OutOfBoundsDatetime):
+        return None
+    except ValueError as exc:
+        raise _invalid(name, text, f"{text!r} is not a valid time: {exc}") from None
+
+
+def parse_range(start: str | None, end: str | None) -> tuple[int | None, int | None]:
+    """/ticks's `start` (inclusive) and `end` (exclusive) as ns; a 422 unless start < end."""
+    start_ns, end_ns = parse_time(start, "start"), parse_time(end, "end")
+    if start_ns is not None and end_ns is not None and start_ns >= end_ns:
+        raise _invalid("end", end or "", f"start ({start}) must be before end ({end})")
+    return start_ns, end_ns
 
 
 class RawRow(msgspec.Struct, gc=False):
@@ -197,23 +276,43 @@ def _frame_columns(frame: pd.DataFrame, fields: tuple[str, ...]) -> dict[str, np
     return {f: frame[f].to_numpy() for f in fields}
 
 
-_bearer = HTTPBearer(auto_error=False)
+_bearer = HTTPBearer(
+    auto_error=False, description="HFT_API_TOKEN; mutating endpoints need it when it is set"
+)
 
 
-def require_token(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """Reject the request unless it carries the bearer token (when HFT_API_TOKEN is set)."""
+async def require_token(request: Request) -> None:
+    """Reject the request (401) unless it carries the bearer token, when HFT_API_TOKEN is set."""
     token = request.app.state.service.settings.api_token
     if not token:
         return
-    if credentials is None or not secrets.compare_digest(credentials.credentials, token):
+    credentials = await _bearer(request)
+    # Bytes: compare_digest refuses str with non-ASCII characters (header values are latin-1).
+    if credentials is None or not secrets.compare_digest(
+        credentials.credentials.encode("latin-1"), token.encode()
+    ):
         raise HTTPException(
             401,
             "missing or wrong bearer token: send 'Authorization: Bearer <HFT_API_TOKEN>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+
+class TokenFirstRoute(APIRoute):
+    """A route that checks the bearer token before FastAPI reads and validates the body.
+
+    FastAPI parses the body before it runs dependencies, so with `Depends(require_token)` a
+    malformed body without a token was a 422 where it must be a 401.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handler = super().get_route_handler()
+
+        async def token_first(request: Request) -> Response:
+            await require_token(request)
+            return await handler(request)
+
+        return token_first
 
 
 @dataclass(slots=True)
@@ -375,24 +474,39 @@ class TicksFastPath:
 
     FastAPI resolves and validates the route's six parameters per request, which costs about as
     much as answering from memory. Requests this class fully validates itself, with the same
-    rules, get the same body from the same function; anything else (bad or unusual input, and any
-    HTTPException of the answer) goes on to the FastAPI route, which answers or explains it.
+    rules, get the same body from the same function; anything else (bad or unusual input) goes on
+    to the FastAPI route, which answers or explains it. An error of the answer (unknown symbol,
+    store unavailable) is rendered by the app's own exception handler, `handlers`, as the route
+    would: this middleware runs outside the app's exception middleware.
     """
 
     _PREFIX = "/ticks/"
     _PARAMS = frozenset(("timeframe", "limit", "start", "end", "order"))
 
-    def __init__(self, app: ASGIApp, answer: Callable[..., Awaitable[bytes]]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        answer: Callable[..., Awaitable[bytes]],
+        handlers: Mapping[type[Exception], Callable[[Request, Any], Awaitable[Response]]],
+    ) -> None:
         self.app = app
         self.answer = answer
+        self.handlers = handlers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         params = self._params(scope)
         if params is not None:
             try:
                 body = await self.answer(**params)
-            except HTTPException:
-                pass
+            except Exception as exc:
+                handler = next(
+                    (self.handlers[t] for t in type(exc).__mro__ if t in self.handlers), None
+                )
+                if handler is None:
+                    raise
+                response = await handler(Request(scope, receive), exc)
+                await response(scope, receive, send)
+                return
             else:
                 headers = [
                     (b"content-length", str(len(body)).encode()),
@@ -422,16 +536,127 @@ class TicksFastPath:
         limit = query.get("limit", "1000")
         if timeframe not in ALL_TIMEFRAMES or order not in ("desc", "asc"):
             return None
-        if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_LIMIT):
+        if not (
+            limit.isascii() and limit.isdigit() and len(limit) <= 6 and 1 <= int(limit) <= MAX_LIMIT
+        ):
+            return None
+        try:
+            start, end = parse_range(query.get("start"), query.get("end"))
+        except RequestValidationError:
             return None
         return {
             "symbol": symbol,
             "timeframe": timeframe,
             "limit": int(limit),
-            "start": query.get("start"),
-            "end": query.get("end"),
+            "start_ns": start,
+            "end_ns": end,
             "order": order,
         }
+
+
+_LOCATIONS = frozenset(("path", "query", "header", "cookie", "body"))
+
+
+def _issue_text(err: Mapping[str, Any]) -> str:
+    """One validation error as `field: message`, the field named as the client sent it."""
+    loc = list(err.get("loc", ()))
+    msg = str(err.get("msg", "invalid"))
+    if err.get("type") == "json_invalid":  # loc is ("body", position)
+        reason = err.get("ctx", {}).get("error")
+        return f"body: {msg}" + (f" ({reason} at position {loc[-1]})" if reason else "")
+    where = loc[1:] if loc[:1] and loc[0] in _LOCATIONS else loc
+    return f"{'.'.join(str(p) for p in where) or (loc[0] if loc else 'request')}: {msg}"
+
+
+async def _on_invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = [
+        {
+            "loc": [p if isinstance(p, int) else str(p) for p in err.get("loc", ())],
+            "msg": str(err.get("msg", "")),
+            "type": str(err.get("type", "value_error")),
+        }
+        for err in exc.errors()
+    ]
+    detail = "; ".join(_issue_text(err) for err in exc.errors()) or "invalid request"
+    return JSONResponse({"detail": detail, "errors": errors}, 422)
+
+
+async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    body: dict[str, Any] = {"detail": str(exc.detail)}
+    if exc.status_code == 422:  # the declared 422 shape holds whoever raised it
+        body["errors"] = [{"loc": [], "msg": body["detail"], "type": "value_error"}]
+    return JSONResponse(body, exc.status_code, headers=exc.headers)
+
+
+def retry_after_s(service: IngestService) -> int:
+    """Seconds a client should wait after a 503: the persister's longest retry backoff."""
+    return max(1, math.ceil(service.settings.persist_retry_max_s))
+
+
+async def _on_store_unavailable(request: Request, exc: StoreUnavailableError) -> JSONResponse:
+    retry = retry_after_s(request.app.state.service)
+    return JSONResponse(
+        {"detail": f"the store is unavailable ({exc}); retry in {retry} s"},
+        503,
+        headers={"Retry-After": str(retry)},
+    )
+
+
+#: The app's exception handlers; TicksFastPath renders its errors with them too.
+EXCEPTION_HANDLERS: dict[type[Exception], Callable[[Request, Any], Awaitable[Response]]] = {
+    RequestValidationError: _on_invalid_request,
+    StarletteHTTPException: _on_http_error,
+    StoreUnavailableError: _on_store_unavailable,
+}
+
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+#: OpenAPI declarations of every error status the API answers (docs/api.md, Errors).
+ERROR_RESPONSES: dict[int, dict[str, Any]] = {
+    401: {
+        "model": ErrorBody,
+        "description": "HFT_API_TOKEN is set and the request does not carry it as a bearer token",
+        "headers": {"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}},
+    },
+    404: {"model": ErrorBody, "description": "No such symbol or subscription"},
+    422: {
+        "model": ValidationErrorBody,
+        "description": "A parameter or the body is invalid: `detail` says which and why",
+    },
+    429: {
+        "model": ErrorBody,
+        "description": "Too many store queries at once",
+        "headers": _RETRY_AFTER,
+    },
+    503: {"model": ErrorBody, "description": "The store is unavailable", "headers": _RETRY_AFTER},
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: ERROR_RESPONSES[code] for code in codes}
+
+
+def _struct_schema(struct: type[msgspec.Struct]) -> dict[str, Any]:
+    """`struct`'s JSON Schema, inline: its fields are scalars, so it needs no references."""
+    return msgspec.json.schema(struct)["$defs"][struct.__name__]
+
+
+def _ticks_schema() -> dict[str, Any]:
+    """The JSON Schema of a /ticks body (TicksBody with its rows)."""
+    schema = _struct_schema(TicksBody)
+    schema["properties"]["data"] = {
+        "description": "Raw ticks when timeframe=raw, else candles",
+        "anyOf": [
+            {"type": "array", "items": _struct_schema(RawRow)},
+            {"type": "array", "items": _struct_schema(CandleRow)},
+        ],
+    }
+    return schema
 
 
 def create_app(service: IngestService) -> FastAPI:
@@ -445,19 +670,12 @@ def create_app(service: IngestService) -> FastAPI:
     encoded_ticks = EncodedTicks()
     app.state.service = service
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"loc": list(err.get("loc", ())), "msg": str(err.get("msg")), "type": err.get("type")}
-            for err in exc.errors()
-        ]
-        detail = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
-            for e in errors
-        )
-        return JSONResponse(status_code=422, content={"detail": detail, "errors": errors})
+    for exc_type, handler in EXCEPTION_HANDLERS.items():
+        app.add_exception_handler(exc_type, handler)
+    # Depends(_bearer) only declares the scheme in OpenAPI: TokenFirstRoute checks the token.
+    mutating = APIRouter(route_class=TokenFirstRoute, dependencies=[Depends(_bearer)])
 
-    @app.post("/subscribe", dependencies=[Depends(require_token)])
+    @mutating.post("/subscribe", responses=_errors(401, 422, 503))
     async def subscribe(request: SubscribeRequest) -> dict[str, Any]:
         """Subscribe a symbol; persisted and restored on restart."""
         created = service.subscribe(request.symbol, request.exchange)
@@ -467,13 +685,15 @@ def create_app(service: IngestService) -> FastAPI:
             "exchange": request.exchange,
         }
 
-    @app.post("/unsubscribe", dependencies=[Depends(require_token)])
+    @mutating.post("/unsubscribe", responses=_errors(401, 404, 422, 503))
     async def unsubscribe(request: UnsubscribeRequest) -> dict[str, Any]:
         """Stop receiving a symbol; its stored ticks stay."""
         if request.symbol not in service.exchanges:
             raise HTTPException(404, f"{request.symbol} is not subscribed")
         service.unsubscribe(request.symbol)
         return {"status": "unsubscribed", "symbol": request.symbol}
+
+    app.include_router(mutating)
 
     @app.get("/subscriptions")
     async def subscriptions() -> dict[str, Any]:
@@ -485,12 +705,15 @@ def create_app(service: IngestService) -> FastAPI:
         return {"count": len(items), "subscriptions": items}
 
     async def answer_ticks(
-        symbol: str, timeframe: str, limit: int, start: str | None, end: str | None, order: str
+        symbol: str,
+        timeframe: str,
+        limit: int,
+        start_ns: int | None,
+        end_ns: int | None,
+        order: str,
     ) -> bytes:
-        """The /ticks body for validated parameters; HTTPException for what they cannot answer."""
-        start_ns, end_ns = parse_time(start, "start"), parse_time(end, "end")
-        if start_ns is not None and end_ns is not None and start_ns >= end_ns:
-            raise HTTPException(422, f"start ({start}) must be before end ({end})")
+        """The /ticks body for validated parameters (see `parse_range`); HTTPException for what
+        they cannot answer."""
         known = symbol in service.exchanges or service.buffers.count(symbol) > 0
         if not known and symbol not in await asyncio.to_thread(service.store.symbols):
             raise HTTPException(404, f"no subscription and no stored ticks for {symbol}")
@@ -508,25 +731,45 @@ def create_app(service: IngestService) -> FastAPI:
         body = TicksBody(symbol, timeframe, order, len(rows), source, _json_array(rows))
         return msgspec.json.encode(body)
 
-    app.add_middleware(TicksFastPath, answer=answer_ticks)
+    app.add_middleware(TicksFastPath, answer=answer_ticks, handlers=EXCEPTION_HANDLERS)
 
-    @app.get("/ticks/{symbol}")
+    @app.get(
+        "/ticks/{symbol}",
+        responses={
+            200: {
+                "description": "Ticks or candles",
+                "content": {"application/json": {"schema": _ticks_schema()}},
+            },
+            **_errors(404, 422, 429, 503),
+        },
+    )
     async def ticks(
-        symbol: Annotated[str, Path(pattern=SYMBOL_PATTERN.pattern, description="Symbol name")],
+        symbol: Annotated[
+            str,
+            Path(description="Symbol name", json_schema_extra={"pattern": SYMBOL_REGEX}),
+            AfterValidator(validate_symbol),
+        ],
         timeframe: Annotated[Timeframe, Query(description="raw or a candle timeframe")] = "raw",
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"1..{MAX_LIMIT}")] = 1000,
         start: Annotated[
-            str | None, Query(description="ns since epoch or ISO-8601, inclusive")
-        ] = None,
+            str,
+            Query(
+                description=f"Inclusive: {_TIME_TEXT}", json_schema_extra={"pattern": TIME_REGEX}
+            ),
+        ] = "",
         end: Annotated[
-            str | None, Query(description="ns since epoch or ISO-8601, exclusive")
-        ] = None,
+            str,
+            Query(
+                description=f"Exclusive: {_TIME_TEXT}", json_schema_extra={"pattern": TIME_REGEX}
+            ),
+        ] = "",
         order: Annotated[
             Literal["desc", "asc"], Query(description="desc: most recent first")
         ] = "desc",
     ) -> Response:
         """Raw ticks or candles of a symbol, most recent first unless order=asc."""
-        body = await answer_ticks(symbol, timeframe, limit, start, end, order)
+        start_ns, end_ns = parse_range(start, end)
+        body = await answer_ticks(symbol, timeframe, limit, start_ns, end_ns, order)
         return Response(body, media_type="application/json")
 
     @app.get("/status")
@@ -534,21 +777,30 @@ def create_app(service: IngestService) -> FastAPI:
         """Counts, gaps, persistence lag and backlog, log and buffer sizes."""
         return service.status()
 
-    @app.get("/health")
+    @app.get(
+        "/health",
+        responses={
+            200: {"model": Health},
+            503: {
+                "model": Health,
+                "description": "The feed failed or the store is unavailable",
+                "headers": _RETRY_AFTER,
+            },
+        },
+    )
     async def health() -> JSONResponse:
         """200 when the feed runs and the store accepts writes, 503 otherwise."""
-        problems = []
-        if service.feed_error:
-            problems.append(f"feed failed: {service.feed_error}")
-        if service.persister is not None and not service.persister.store_up:
-            problems.append(f"store unavailable: {service.persister.last_error}")
+        problems = service.health_problems()
         body = {
             "status": "degraded" if problems else "ok",
             "problems": problems,
             "pending_ticks": service.pending_ticks,
             "time": datetime.now(UTC).isoformat(),
         }
-        return JSONResponse(body, status_code=503 if problems else 200)
+        if problems:
+            headers = {"Retry-After": str(retry_after_s(service))}
+            return JSONResponse(body, status_code=503, headers=headers)
+        return JSONResponse(body)
 
     @app.get("/test")
     async def test() -> dict[str, Any]:
@@ -560,7 +812,7 @@ def create_app(service: IngestService) -> FastAPI:
             "candle_timeframes": list(TIMEFRAMES),
         }
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         """Prometheus text exposition."""
         service.refresh_gauges()

@@ -395,3 +395,136 @@ def test_fast_path_leaves_bad_input_to_fastapi(svc):
         routed = svc.get(path, **params, via="fastapi")
         assert (fast.status_code, fast.content) == (routed.status_code, routed.content)
     assert svc.get("/ticks/PETR4", limit="010").json()["count"] == 10
+
+
+# Times outside 1970-01-01T00:00:00Z..2262-04-11T23:47:16.854775807Z (int64 ns), or not
+# integer ns / ISO-8601 at all: each is a 422 naming the parameter, on both paths.
+BAD_TIMES = [
+    ("end", "-" + "1" + "0" * 30),
+    ("start", str(-(2**63) - 1)),
+    ("start", "9999-12-31"),
+    ("start", "1500-01-01"),
+    ("start", "-1"),
+    ("end", str(2**63)),
+    ("end", "9" * 5000),  # more digits than int() converts
+    ("start", "2262-04-12"),
+    ("start", "2262-04-11T23:47:16.854775807-01:00"),
+    ("end", "1969-12-31T23:59:59.999999999Z"),
+    ("start", "2026-13-01"),
+    ("start", "2026-02-30T00:00:00Z"),
+    ("start", "2026-01-01T00:00:00+25:00"),
+    ("start", "--5"),
+    ("start", "5-"),
+    ("start", "\u00b2"),  # str.isdigit() is true, int() refuses
+    ("start", "\u0661\u0662\u0663"),  # Arabic-Indic digits: int() accepts, not ASCII ns
+    ("start", "now"),
+    ("start", " 2026-01-01"),
+    ("end", "2026-01-01T00:00:00Z\n"),
+]
+
+
+@pytest.mark.parametrize("via", ["fast path", "fastapi"])
+@pytest.mark.parametrize(("name", "value"), BAD_TIMES)
+def test_bad_times_get_422_naming_the_parameter(svc, via, name, value):
+    params = {name: value} if via == "fast path" else {name: value, "via": "fastapi"}
+    for timeframe in ("raw", "1m"):
+        r = svc.get("/ticks/PETR4", timeframe=timeframe, **params)
+        assert r.status_code == 422, r.text
+        body = r.json()
+        assert body["detail"].startswith(f"{name}: ") and set(body) == {"detail", "errors"}
+        assert [e["loc"] for e in body["errors"]] == [["query", name]]
+
+
+@pytest.mark.parametrize("timeframe", ["raw", "1s", "1m", "1h"])
+def test_the_edges_of_the_time_range_are_answered(svc, timeframe):
+    for start, end in [
+        ("0", str(2**63 - 1)),
+        ("1970-01-01T00:00:00Z", "2262-04-11T23:47:16.854775807Z"),
+        ("1970-01-01", "2262-04-11T23:47:16.854775807+00:00"),
+        (str(2**63 - 2), str(2**63 - 1)),
+        ("0", "1"),
+    ]:
+        for order in ("asc", "desc"):
+            fast = svc.get("/ticks/PETR4", timeframe=timeframe, start=start, end=end, order=order)
+            routed = svc.get(
+                "/ticks/PETR4", timeframe=timeframe, start=start, end=end, order=order, via="x"
+            )
+            assert fast.status_code == routed.status_code == 200, (start, end, fast.text)
+            assert fast.content == routed.content
+    whole = svc.get("/ticks/PETR4", start="0", end=str(2**63 - 1), limit=100_000).json()
+    assert whole["count"] == (2000 if timeframe == "raw" else whole["count"]) > 0
+
+
+@pytest.mark.parametrize("via", [{}, {"via": "fastapi"}])
+@pytest.mark.parametrize("limit", ["9" * 5000, "1" + "0" * 30, "-1", "\u00b2", "1.5"])
+def test_bad_limits_get_422(svc, via, limit):
+    r = svc.get("/ticks/PETR4", limit=limit, **via)
+    assert r.status_code == 422, r.text
+    assert "limit" in r.json()["detail"]
+
+
+def test_a_symbol_with_a_trailing_newline_is_refused_everywhere(svc):
+    for body in ({"symbol": "NLSYM\n"}, {"symbol": "NLSYM\n", "exchange": "SIM"}):
+        r = svc.post("/subscribe", body)
+        assert r.status_code == 422, r.text
+        assert "invalid symbol" in r.json()["detail"]
+    assert svc.post("/unsubscribe", {"symbol": "PETR4\n"}).status_code == 422
+    assert "NLSYM\n" not in svc.service.exchanges
+    assert [s.symbol for s in svc.service.store.subscriptions()] == ["PETR4", "VALE3"]
+    for via in ({}, {"via": "fastapi"}):
+        r = svc.get("/ticks/PETR4%0A", **via)  # requests would not encode a raw newline
+        assert r.status_code == 422, r.text
+        assert r.json()["errors"][0]["loc"] == ["path", "symbol"]
+
+
+def test_malformed_json_without_the_token_gets_401(svc):
+    del svc.http.headers["Authorization"]
+    for path in ("/subscribe", "/unsubscribe"):
+        for data in (b"{not json", b'{"symbol": "a b"}', b"[1, 2]", b""):
+            r = svc.http.post(
+                svc.url + path, data=data, headers={"Content-Type": "application/json"}
+            )
+            assert r.status_code == 401, (path, data, r.text)
+            assert "bearer token" in r.json()["detail"]
+            assert r.headers["WWW-Authenticate"] == "Bearer"
+        r = svc.http.post(svc.url + path, data=b"{not json", headers={"Authorization": "Bearer x"})
+        assert r.status_code == 401, r.text
+
+
+def _declared(svc, path: str, method: str):
+    import schemathesis
+
+    return schemathesis.openapi.from_url(svc.url + "/openapi.json")[path][method]
+
+
+def test_error_bodies_match_the_declared_schema(svc):
+    """404, 401 and 422 (the route's own and FastAPI's) are declared and their bodies match."""
+    ticks = _declared(svc, "/ticks/{symbol}", "GET")
+    for params, status in [
+        ({}, 404),
+        ({"via": "fastapi"}, 404),
+        ({"start": "1500-01-01"}, 422),
+        ({"limit": "0"}, 422),
+        ({"start": "2026-01-02", "end": "2026-01-01"}, 422),
+    ]:
+        r = svc.get("/ticks/NOPE", **params)
+        assert r.status_code == status, r.text
+        ticks.validate_response(r)
+        assert isinstance(r.json()["detail"], str)
+    assert svc.get("/ticks/NOPE").json() == {
+        "detail": "no subscription and no stored ticks for NOPE"
+    }
+    unsubscribe = _declared(svc, "/unsubscribe", "POST")
+    r = svc.post("/unsubscribe", {"symbol": "ITUB4"})
+    assert r.status_code == 404 and r.json() == {"detail": "ITUB4 is not subscribed"}
+    unsubscribe.validate_response(r)
+    r = svc.post("/unsubscribe", {"symbol": "a b"})
+    assert r.status_code == 422
+    unsubscribe.validate_response(r)
+    del svc.http.headers["Authorization"]
+    r = svc.post("/unsubscribe", {"symbol": "PETR4"})
+    assert r.status_code == 401
+    unsubscribe.validate_response(r)
+    responses = svc.get("/openapi.json").json()["paths"]["/ticks/{symbol}"]["get"]["responses"]
+    assert {"200", "404", "422", "503"} <= set(responses)
+    assert "Retry-After" in responses["503"]["headers"]
