@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -16,6 +18,45 @@ from hft_pipeline.market.timeframes import timeframe_ns
 
 class StoreUnavailableError(RuntimeError):
     """The store cannot be reached right now (connection refused, reset, timed out); retry later."""
+
+
+class QueryCancelledError(RuntimeError):
+    """A store query stopped by `CancelScope.cancel`: whoever asked for it gave up."""
+
+
+class CancelScope:
+    """Lets another thread stop the store queries a thread runs inside `TickStore.query_scope`.
+
+    While a query runs, the store attaches how to interrupt it (SQLite `interrupt()`, a
+    PostgreSQL cancel request); `cancel` calls that and makes later queries of the scope raise
+    QueryCancelledError. Nothing is attached between queries, so a cancel never reaches a
+    connection that has moved on to other work.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._interrupt: Callable[[], None] | None = None
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Stop the running query (if any) and refuse later ones; callable from any thread."""
+        with self._lock:
+            self.cancelled = True
+            if self._interrupt is not None:
+                self._interrupt()
+
+    @contextmanager
+    def attached(self, interrupt: Callable[[], None]) -> Iterator[None]:
+        """Run a query that `interrupt` stops; QueryCancelledError if the scope is cancelled."""
+        with self._lock:
+            if self.cancelled:
+                raise QueryCancelledError("the store query was cancelled by its caller")
+            self._interrupt = interrupt
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._interrupt = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +117,25 @@ class TickStore(Protocol):
         Columns: ts (bucket start, int64 ns), open, high, low, close, volume, ticks.
         Semantics of DESIGN §2: open/close are the first/last tick by (ts, seq).
         """
+
+    def minute_candles(
+        self,
+        symbol: str,
+        timeframe: str,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        limit: int | None = None,
+        descending: bool = False,
+    ) -> pd.DataFrame:
+        """`candles` for 1m and coarser timeframes, read from the 1m candles `write_ticks` keeps.
+
+        An index read instead of an aggregation of ticks (docs/candles.md); same frame, same
+        candles, volume the exact sum of the ticks' volumes (except minutes backfilled by the
+        migration, which hold the database's sum).
+        """
+
+    def query_scope(self, scope: CancelScope) -> AbstractContextManager[None]:
+        """Run this thread's queries inside the block under `scope` (`scope.cancel()` stops them)."""
 
     def last_seqs(self) -> dict[str, int]:
         """Highest persisted seq per symbol."""

@@ -31,6 +31,7 @@ from hft_pipeline.store.base import (
     TRADE_VALUES_QUERY,
     TRADES_QUERY,
     BacktestRun,
+    CancelScope,
     LongResults,
     StoreUnavailableError,
     Subscription,
@@ -46,6 +47,18 @@ from hft_pipeline.store.base import (
     symbol_totals,
     validate_candles,
     validate_indicators,
+)
+from hft_pipeline.store.candles_1m import (
+    COLUMNS as MINUTE_COLUMNS,
+)
+from hft_pipeline.store.candles_1m import (
+    READ_COLUMNS,
+    batch_minutes,
+    candles_from_minutes,
+    check_timeframe,
+    merge_assignments,
+    minute_rows_limit,
+    upsert_rows,
 )
 from hft_pipeline.store.copy import (
     TICK_COPY_COLUMNS,
@@ -135,8 +148,9 @@ def ticks_layout(conn: psycopg.Connection) -> str | None:
 
 _COPY_TICKS = "copy ticks ({}) from stdin (format binary)".format(", ".join(TICK_COPY_COLUMNS))
 
-# Per-symbol totals and the consumer offset in one statement (one round trip); it returns the
-# transaction id, needed to resolve a COMMIT whose answer is lost.
+# Per-symbol totals, the batch's 1m partial candles (docs/candles.md) and the consumer offset in
+# one statement (one round trip); it returns the transaction id, needed to resolve a COMMIT
+# whose answer is lost. Rows in key order: concurrent writers lock them in the same order.
 _WRITE_TOTALS_AND_OFFSET = """
     with totals as (
         insert into symbol_stats (symbol_id, rows, max_ts_ns, max_seq)
@@ -145,13 +159,25 @@ _WRITE_TOTALS_AND_OFFSET = """
             rows = symbol_stats.rows + excluded.rows,
             max_ts_ns = greatest(symbol_stats.max_ts_ns, excluded.max_ts_ns),
             max_seq = greatest(symbol_stats.max_seq, excluded.max_seq)
+    ), minutes as (
+        insert into candles_1m ({minute_columns})
+        select * from unnest(%s::int4[], %s::int8[], {minute_floats}, %s::int8[], %s::int8[],
+                             %s::int8[], %s::int8[], %s::int8[])
+        order by 1, 2
+        on conflict (symbol_id, ts_ns) do update set {minute_merge}
     ), stream_offset as (
         insert into consumer_offsets (stream, "offset", updated_at) values (%s, %s, now())
         on conflict (stream) do update
         set "offset" = excluded."offset", updated_at = excluded.updated_at
     )
     select pg_current_xact_id()::text
-"""
+""".format(
+    minute_columns=", ".join(MINUTE_COLUMNS),
+    minute_floats=", ".join(["%s::float8[]"] * 7),
+    minute_merge=merge_assignments("greatest", "least"),
+)
+#: Parameters of an empty batch: 4 symbol_stats columns, then the candles_1m columns.
+_NO_ROWS: tuple[list, ...] = tuple([] for _ in range(4 + len(MINUTE_COLUMNS)))
 
 _TICK_FIELDS = [
     ("ts", ">i8"),
@@ -170,6 +196,16 @@ _CANDLE_FIELDS = [
     ("volume", ">f8"),
     ("ticks", ">i8"),
 ]
+#: candles_1m rows as `READ_COLUMNS` selects them (the volume as its exact-sum terms).
+_MINUTE_FIELDS = [
+    *_CANDLE_FIELDS[:5],
+    ("vs", ">f8"),
+    ("vc", ">f8"),
+    ("vd", ">f8"),
+    ("ticks", ">i8"),
+]
+#: The CancelScope of the API query the current thread runs, if any (see `query_scope`).
+_QUERY_SCOPE = threading.local()
 
 
 class PostgresStore:
@@ -245,18 +281,35 @@ class PostgresStore:
     ) -> np.ndarray:
         statement = f"copy ({query}) to stdout (format binary)"
         with (
-            self._pool.connection() as conn,
+            self._reader() as conn,
             conn.cursor() as cur,
             cur.copy(statement, params) as copy,
         ):
             payload = b"".join(bytes(block) for block in copy)
         return decode_fixed_rows(payload, fields)
 
+    @contextmanager
+    def _reader(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection for a read; inside `query_scope`, cancelling the scope stops it."""
+        scope: CancelScope | None = getattr(_QUERY_SCOPE, "current", None)
+        with self._pool.connection() as conn:
+            if scope is None:
+                yield conn
+                return
+            try:
+                with scope.attached(lambda: conn.cancel_safe(timeout=2.0)):
+                    yield conn
+            finally:
+                if scope.cancelled:
+                    # A cancel request can still hit this session's next query: closed, the
+                    # pool replaces it instead of handing it to someone else.
+                    conn.close()
+
     def _lookup_symbol(self, symbol: str) -> int | None:
         validate_symbol(symbol)
         ident = self._symbol_ids.get(symbol)
         if ident is None:
-            with self._pool.connection() as conn:
+            with self._reader() as conn:
                 row = conn.execute("select id from symbols where name = %s", (symbol,)).fetchone()
             if row is None:
                 return None
@@ -320,7 +373,7 @@ class PostgresStore:
     def _write_offset(
         self, cur: psycopg.Cursor, stream: str, log_offset: int, totals: tuple[list, ...]
     ) -> str:
-        """Upsert the symbol totals and the offset of `stream`; return the transaction id."""
+        """Upsert the symbol totals, 1m candles and offset of `stream`; return the transaction id."""
         row = cur.execute(_WRITE_TOTALS_AND_OFFSET, (*totals, stream, int(log_offset))).fetchone()
         return row[0]
 
@@ -402,7 +455,7 @@ class PostgresStore:
         with self._unavailable("write_ticks"):
             if self._already_committed(stream, log_offset, n):
                 return
-            totals_params: tuple[list, ...] = ([], [], [], [])
+            totals_params = _NO_ROWS
             if n:
                 table = self._symbol_table(batch.symbols)
                 self._ensure_partitions(batch.ts)
@@ -420,6 +473,8 @@ class PostgresStore:
                     totals.rows.tolist(),
                     totals.max_ts.tolist(),
                     totals.max_seq.tolist(),
+                    # A few hundred rows per batch (symbols x minutes it touches), not per tick.
+                    *upsert_rows(batch_minutes(batch), table),
                 )
             with self._pool.connection() as conn:
                 with conn.cursor() as cur:
@@ -496,7 +551,7 @@ class PostgresStore:
         return _frame(rows, CANDLE_COLUMNS)
 
     def _window_start(self, ident: int, tf: int, limit: int, hi: int | None) -> int | None:
-        with self._pool.connection() as conn:
+        with self._reader() as conn:
             row = conn.execute(
                 "select max_ts_ns from symbol_stats where symbol_id = %s", (ident,)
             ).fetchone()
@@ -524,6 +579,46 @@ class PostgresStore:
         )
         return self._fetch_copy(query, params, _CANDLE_FIELDS)
 
+    def minute_candles(
+        self,
+        symbol: str,
+        timeframe: str,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        limit: int | None = None,
+        descending: bool = False,
+    ) -> pd.DataFrame:
+        """Candles of `symbol` (1m or coarser) read from candles_1m; see TickStore."""
+        tf = timeframe_ns(timeframe)
+        check_timeframe(tf)
+        lo, hi = candle_tick_range(tf, start_ns, end_ns)
+        with self._unavailable("minute_candles"):
+            ident = self._lookup_symbol(symbol)
+            if ident is None or (limit is not None and limit <= 0):
+                return _frame(np.empty(0, _native(_CANDLE_FIELDS)), CANDLE_COLUMNS)
+            conds, params = ["symbol_id = %(sid)s"], {"sid": ident}
+            for bound, op, value in (("lo", ">=", lo), ("hi", "<", hi)):
+                if value is not None:
+                    conds.append(f"ts_ns {op} %({bound})s")
+                    params[bound] = int(value)
+            direction = "desc" if descending else "asc"
+            query = (
+                f"select {READ_COLUMNS} from candles_1m where {' and '.join(conds)} "
+                f"order by ts_ns {direction}" + _limit(minute_rows_limit(tf, limit), params)
+            )
+            rows = self._fetch_copy(query, params, _MINUTE_FIELDS)
+        return candles_from_minutes(rows, tf, limit, descending)
+
+    @contextmanager
+    def query_scope(self, scope: CancelScope) -> Iterator[None]:
+        """This thread's queries in the block stop when `scope` is cancelled (cancel request)."""
+        previous = getattr(_QUERY_SCOPE, "current", None)
+        _QUERY_SCOPE.current = scope
+        try:
+            yield
+        finally:
+            _QUERY_SCOPE.current = previous
+
     def last_seqs(self) -> dict[str, int]:
         """Highest persisted seq per symbol."""
         with self._unavailable("last_seqs"), self._pool.connection() as conn:
@@ -548,7 +643,7 @@ class PostgresStore:
 
     def symbols(self) -> list[str]:
         """Every symbol with at least one stored tick, sorted."""
-        with self._unavailable("symbols"), self._pool.connection() as conn:
+        with self._unavailable("symbols"), self._reader() as conn:
             rows = conn.execute(
                 "select s.name from symbol_stats t join symbols s on s.id = t.symbol_id "
                 "where t.rows > 0"

@@ -26,6 +26,7 @@ from hft_pipeline.store.base import (
     TRADE_VALUES_QUERY,
     TRADES_QUERY,
     BacktestRun,
+    CancelScope,
     LongResults,
     StoreUnavailableError,
     Subscription,
@@ -42,6 +43,19 @@ from hft_pipeline.store.base import (
     symbol_totals,
     validate_candles,
     validate_indicators,
+)
+from hft_pipeline.store.candles_1m import (
+    COLUMNS as MINUTE_COLUMNS,
+)
+from hft_pipeline.store.candles_1m import (
+    READ_COLUMNS,
+    READ_DTYPE,
+    batch_minutes,
+    candles_from_minutes,
+    check_timeframe,
+    merge_assignments,
+    minute_rows_limit,
+    upsert_rows,
 )
 from hft_pipeline.store.migrations import migrate_sqlite
 
@@ -71,6 +85,12 @@ _UPSERT_TOTALS = """
         max_ts_ns = max(max_ts_ns, excluded.max_ts_ns),
         max_seq = max(max_seq, excluded.max_seq)
 """
+# The batch's 1m partial candles merged into candles_1m (docs/candles.md).
+_UPSERT_MINUTES = (
+    f"insert into candles_1m ({', '.join(MINUTE_COLUMNS)}) "
+    f"values ({', '.join('?' * len(MINUTE_COLUMNS))}) "
+    f"on conflict (symbol_id, ts_ns) do update set {merge_assignments('max', 'min')}"
+)
 _UPSERT_OFFSET = """
     insert into consumer_offsets (stream, "offset", updated_at) values (?, ?, ?)
     on conflict (stream) do update set "offset" = excluded."offset", updated_at = excluded.updated_at
@@ -198,6 +218,9 @@ class SqliteStore:
                             strict=True,
                         ),
                     )
+                    # A few hundred rows per batch (symbols x minutes it touches), not per tick.
+                    minutes = upsert_rows(batch_minutes(batch), table)
+                    conn.executemany(_UPSERT_MINUTES, zip(*minutes, strict=True))
                 self._write_offset(conn, stream, log_offset)
                 conn.execute("commit")
             except BaseException:
@@ -268,6 +291,43 @@ class SqliteStore:
                         return _frame(rows, _CANDLE_DTYPE, CANDLE_COLUMNS)
             rows = _candle_rows(conn, ident, tf, lo, hi, limit, descending)
         return _frame(rows, _CANDLE_DTYPE, CANDLE_COLUMNS)
+
+    def minute_candles(
+        self,
+        symbol: str,
+        timeframe: str,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        limit: int | None = None,
+        descending: bool = False,
+    ) -> pd.DataFrame:
+        """Candles of `symbol` (1m or coarser) read from candles_1m; see TickStore."""
+        tf = timeframe_ns(timeframe)
+        check_timeframe(tf)
+        lo, hi = candle_tick_range(tf, start_ns, end_ns)
+        with self._unavailable("minute_candles"):
+            conn = self._conn()
+            ident = self._lookup_symbol(conn, symbol)
+            if ident is None or (limit is not None and limit <= 0):
+                return _frame([], _CANDLE_DTYPE, CANDLE_COLUMNS)
+            where, params = _time_filter(ident, lo, hi)
+            direction = "desc" if descending else "asc"
+            rows = np.fromiter(
+                conn.execute(
+                    f"select {READ_COLUMNS} from candles_1m where {where} "
+                    f"order by ts_ns {direction}" + _limit(minute_rows_limit(tf, limit), params),
+                    params,
+                ),
+                READ_DTYPE,
+            )
+        return candles_from_minutes(rows, tf, limit, descending)
+
+    @contextmanager
+    def query_scope(self, scope: CancelScope) -> Iterator[None]:
+        """This thread's queries in the block stop when `scope` is cancelled (`interrupt()`)."""
+        conn = self._conn()
+        with scope.attached(conn.interrupt):
+            yield
 
     def last_seqs(self) -> dict[str, int]:
         """Highest persisted seq per symbol."""
