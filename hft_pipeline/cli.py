@@ -46,7 +46,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     from hft_pipeline.ingest.importer import import_file
 
     settings = _settings(args)
-    result = import_file(Path(args.path), settings, progress=not args.no_progress)
+    result = import_file(
+        Path(args.path), settings, progress=not args.no_progress, strict=args.strict
+    )
     print(result.summary())
     return 0 if result.ok else 1
 
@@ -113,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imp.add_argument("path", help="file with columns symbol, ts, price, volume[, bid, ask][, seq]")
     imp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    imp.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse the whole file at its first bad row (default: skip bad rows, count them)",
+    )
     common(imp)
     imp.set_defaults(func=cmd_import)
 
@@ -145,10 +152,13 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from hft_pipeline.observability import redaction
+
+    redaction.install()
     try:
         return args.func(args)
     except (SettingsError, OSError, RuntimeError, ValueError) as exc:
-        print(f"hft {args.command}: error: {exc}", file=sys.stderr)
+        print(f"hft {args.command}: error: {redaction.redact(str(exc))}", file=sys.stderr)
         return 2
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hft_pipeline.market.ticks import InvalidSymbolError, validate_symbol
+from hft_pipeline.observability.redaction import redact_url
 
 FSYNC_POLICIES = ("always", "interval", "off")
 
@@ -121,7 +122,8 @@ class Settings:
             or self.store_url.startswith(("sqlite://", "postgresql://", "postgres://"))
         ):
             raise SettingsError(
-                f"HFT_STORE_URL={self.store_url!r}: use sqlite:///PATH or postgresql://user@host/db"
+                f"HFT_STORE_URL={redact_url(self.store_url)!r}: use sqlite:///PATH or "
+                "postgresql://user@host/db"
             )
 
 

@@ -13,6 +13,7 @@ import uvicorn
 
 from hft_pipeline.ingest.api import create_app
 from hft_pipeline.ingest.service import IngestService
+from hft_pipeline.observability.redaction import redact_url
 from hft_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ async def serve(settings: Settings) -> int:
     log.info(
         "ingest running: feed=%s store=%s api=http://%s:%d (docs at /docs)",
         settings.feed,
-        settings.resolved_store_url.split("@")[-1],
+        redact_url(settings.resolved_store_url),
         settings.api_host,
         settings.api_port,
     )
