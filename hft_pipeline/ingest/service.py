@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hft_pipeline.ingest.buffers import TickBuffers
@@ -226,9 +226,7 @@ class IngestService:
         assert self.log is not None and self.persister is not None and self.checkpoint
         end = self.log.end_offset
         start = state.offset
-        if state.offset > end or (
-            state.offset > self._end_at_open and self._appended_since_start
-        ):
+        if state.offset > end or (state.offset > self._end_at_open and self._appended_since_start):
             # The store holds records the log lost (a power loss under fsync "off", or a log
             # cut by hand): everything the log still holds is persisted.
             self.recovery.store_ahead_by = state.offset - self._end_at_open
@@ -578,6 +576,16 @@ class IngestService:
             )
         elif self.persister is not None and not self.persister.store_up:
             problems.append(f"store unavailable: {self.persister.last_error}")
+        spans = self.log.unacknowledged_damage if self.log is not None else []
+        if spans:
+            ticks = [span.ticks for span in spans]
+            lost = "an unknown number of" if None in ticks else str(sum(ticks))
+            where = ", ".join(f"{span.segment}@{span.offset}" for span in spans[:3])
+            problems.append(
+                f"tick log damaged: {len(spans)} span(s) at {where}{', …' if len(spans) > 3 else ''}"
+                f" lost {lost} ticks; the records after them were kept. See /status log.damage, "
+                "then POST /log/acknowledge"
+            )
         return problems
 
     def refresh_gauges(self) -> None:
@@ -587,6 +595,26 @@ class IngestService:
         self.metrics.subscriptions.set(len(self.exchanges))
         if self.log is not None:
             self.metrics.log_bytes.set(self.log.bytes_on_disk)
+            damaged, open_spans = self.log.damaged, self.log.unacknowledged_damage
+            self.metrics.log_damaged_spans.labels("unacknowledged").set(len(open_spans))
+            self.metrics.log_damaged_spans.labels("acknowledged").set(
+                len(damaged) - len(open_spans)
+            )
+            self.metrics.log_lost_ticks.set(self.lost_ticks())
+
+    def lost_ticks(self) -> int:
+        """Ticks the log held but can no longer read: damaged spans plus the torn tail."""
+        assert self.log is not None
+        torn = self.log.torn.ticks if self.log.torn is not None else 0
+        return sum(span.ticks or 0 for span in self.log.damaged) + (torn or 0)
+
+    def acknowledge_log_damage(self) -> int:
+        """An operator has seen the damage report: /health stops saying degraded for it."""
+        assert self.log is not None
+        acknowledged = self.log.acknowledge_damage()
+        if acknowledged:
+            log.warning("tick log damage acknowledged: %d span(s)", acknowledged)
+        return acknowledged
 
     def gaps_by_symbol(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -662,15 +690,30 @@ class IngestService:
                 "bytes": self.log.bytes_on_disk,
                 "segments": self.log.segment_count,
                 "fsync": self.settings.log_fsync,
+                "damage": self._damage_report(),
             },
             "buffers": {"bytes": self.buffers.nbytes, "symbols": len(self.buffers.symbols())},
             "recovery": {
                 "truncated_bytes": self.recovery.truncated_bytes,
+                "torn_tail": asdict(self.log.torn) if self.log.torn is not None else None,
                 "replayed_ticks": self.recovery.replayed_ticks,
                 "backlog_ticks": self.recovery.backlog_ticks,
                 "store_ahead_bytes": self.recovery.store_ahead_by,
                 "seconds": round(self.recovery.seconds, 3),
             },
+        }
+
+    def _damage_report(self) -> dict[str, Any]:
+        assert self.log is not None
+        unacknowledged = {span.key for span in self.log.unacknowledged_damage}
+        spans = [
+            {**asdict(span), "acknowledged": span.key not in unacknowledged}
+            for span in self.log.damaged
+        ]
+        return {
+            "spans": spans,
+            "unacknowledged": len(unacknowledged),
+            "lost_ticks": self.lost_ticks(),
         }
 
     def store_ok(self) -> bool:

@@ -109,6 +109,20 @@ class IngestMetrics:
             "hft_persist_pending_ticks", "Ticks in the log not yet in the store", registry=r
         )
         self.log_bytes = Gauge("hft_log_bytes", "Bytes of tick log on disk", registry=r)
+        self.log_damaged_spans = Gauge(
+            "hft_log_damaged_spans",
+            "Damaged spans of the retained tick log, by whether an operator acknowledged them",
+            ["state"],
+            registry=r,
+        )
+        for state in ("unacknowledged", "acknowledged"):
+            self.log_damaged_spans.labels(state)
+        self.log_lost_ticks = Gauge(
+            "hft_log_lost_ticks",
+            "Ticks in damaged spans of the retained log and in the torn tail cut on open: "
+            "logged once, now unreadable (those the damage hid from counting are not included)",
+            registry=r,
+        )
         self.subscriptions = Gauge("hft_subscriptions", "Subscribed symbols", registry=r)
         self.processed_by_symbol = SymbolCounts()
         self.symbol_names: list[str] = []
