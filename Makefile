@@ -7,10 +7,13 @@ export HFT_TEST_PG_DSN ?= postgresql://postgres@127.0.0.1:5432/postgres
 .PHONY: run test bench lint clean
 
 $(STAMP): pyproject.toml
+	@echo "==> $(VENV): creating the virtual environment (first run only)"
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -q -e '.[dev]'
+	@echo "==> installing hft_pipeline and its dependencies (a few minutes on a fresh clone)"
+	$(PY) -m pip install --progress-bar on -e '.[dev]'
 	touch $(STAMP)
+	@echo "==> installed"
 
 run: $(STAMP)
 	$(VENV)/bin/hft up
