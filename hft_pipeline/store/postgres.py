@@ -58,7 +58,7 @@ from hft_pipeline.store.candles_1m import (
     check_timeframe,
     merge_assignments,
     minute_rows_limit,
-    upsert_rows,
+    upsert_columns,
 )
 from hft_pipeline.store.copy import (
     TICK_COPY_COLUMNS,
@@ -67,6 +67,7 @@ from hft_pipeline.store.copy import (
     encode_ticks,
 )
 from hft_pipeline.store.migrations import PG_MIGRATION_LOCK, migrate_postgres
+from hft_pipeline.store.pg_arrays import Float8Array, Int4Array, Int8Array, PgArray
 
 DAY_NS = 86_400 * 1_000_000_000
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -150,20 +151,19 @@ _COPY_TICKS = "copy ticks ({}) from stdin (format binary)".format(", ".join(TICK
 
 # Per-symbol totals, the batch's 1m partial candles (docs/candles.md) and the consumer offset in
 # one statement (one round trip); it returns the transaction id, needed to resolve a COMMIT
-# whose answer is lost. Rows in key order: concurrent writers lock them in the same order.
+# whose answer is lost. Rows in key order: concurrent writers lock them in the same order. The
+# columns go as binary arrays (%b, see pg_arrays).
 _WRITE_TOTALS_AND_OFFSET = """
     with totals as (
         insert into symbol_stats (symbol_id, rows, max_ts_ns, max_seq)
-        select * from unnest(%s::int4[], %s::int8[], %s::int8[], %s::int8[]) order by 1
+        select * from unnest(%b, %b, %b, %b) order by 1
         on conflict (symbol_id) do update set
             rows = symbol_stats.rows + excluded.rows,
             max_ts_ns = greatest(symbol_stats.max_ts_ns, excluded.max_ts_ns),
             max_seq = greatest(symbol_stats.max_seq, excluded.max_seq)
     ), minutes as (
-        insert into candles_1m ({minute_columns})
-        select * from unnest(%s::int4[], %s::int8[], {minute_floats}, %s::int8[], %s::int8[],
-                             %s::int8[], %s::int8[], %s::int8[])
-        order by 1, 2
+        insert into candles_1m as o ({minute_columns})
+        select * from unnest({minute_arrays}) order by 1, 2
         on conflict (symbol_id, ts_ns) do update set {minute_merge}
     ), stream_offset as (
         insert into consumer_offsets (stream, "offset", updated_at) values (%s, %s, now())
@@ -173,11 +173,14 @@ _WRITE_TOTALS_AND_OFFSET = """
     select pg_current_xact_id()::text
 """.format(
     minute_columns=", ".join(MINUTE_COLUMNS),
-    minute_floats=", ".join(["%s::float8[]"] * 7),
+    minute_arrays=", ".join(["%b"] * len(MINUTE_COLUMNS)),
     minute_merge=merge_assignments("greatest", "least"),
 )
-#: Parameters of an empty batch: 4 symbol_stats columns, then the candles_1m columns.
-_NO_ROWS: tuple[list, ...] = tuple([] for _ in range(4 + len(MINUTE_COLUMNS)))
+#: Array types of the symbol_stats columns, then of the candles_1m columns.
+_TOTALS_ARRAYS = (Int4Array, Int8Array, Int8Array, Int8Array)
+_MINUTE_ARRAYS = (Int4Array, Int8Array, *[Float8Array] * 7, *[Int8Array] * 5)
+#: Parameters of an empty batch.
+_NO_ROWS = tuple(kind(np.empty(0)) for kind in (*_TOTALS_ARRAYS, *_MINUTE_ARRAYS))
 
 _TICK_FIELDS = [
     ("ts", ">i8"),
@@ -371,7 +374,7 @@ class PostgresStore:
             self._known_days.update(days)
 
     def _write_offset(
-        self, cur: psycopg.Cursor, stream: str, log_offset: int, totals: tuple[list, ...]
+        self, cur: psycopg.Cursor, stream: str, log_offset: int, totals: tuple[PgArray, ...]
     ) -> str:
         """Upsert the symbol totals, 1m candles and offset of `stream`; return the transaction id."""
         row = cur.execute(_WRITE_TOTALS_AND_OFFSET, (*totals, stream, int(log_offset))).fetchone()
@@ -468,14 +471,13 @@ class PostgresStore:
                     batch.volume[order], batch.bid[order], batch.ask[order],
                 )  # fmt: skip
                 totals = symbol_totals(batch)
-                totals_params = (
-                    table[totals.sym].tolist(),
-                    totals.rows.tolist(),
-                    totals.max_ts.tolist(),
-                    totals.max_seq.tolist(),
-                    # A few hundred rows per batch (symbols x minutes it touches), not per tick.
-                    *upsert_rows(batch_minutes(batch), table),
-                )
+                # A few hundred candle rows per batch (symbols x minutes it touches).
+                columns = (
+                    table[totals.sym], totals.rows, totals.max_ts, totals.max_seq,
+                    *upsert_columns(batch_minutes(batch), table),
+                )  # fmt: skip
+                kinds = (*_TOTALS_ARRAYS, *_MINUTE_ARRAYS)
+                totals_params = tuple(k(c) for k, c in zip(kinds, columns, strict=True))
             with self._pool.connection() as conn:
                 with conn.cursor() as cur:
                     if n:

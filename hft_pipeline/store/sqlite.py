@@ -55,7 +55,7 @@ from hft_pipeline.store.candles_1m import (
     check_timeframe,
     merge_assignments,
     minute_rows_limit,
-    upsert_rows,
+    upsert_columns,
 )
 from hft_pipeline.store.migrations import migrate_sqlite
 
@@ -87,7 +87,7 @@ _UPSERT_TOTALS = """
 """
 # The batch's 1m partial candles merged into candles_1m (docs/candles.md).
 _UPSERT_MINUTES = (
-    f"insert into candles_1m ({', '.join(MINUTE_COLUMNS)}) "
+    f"insert into candles_1m as o ({', '.join(MINUTE_COLUMNS)}) "
     f"values ({', '.join('?' * len(MINUTE_COLUMNS))}) "
     f"on conflict (symbol_id, ts_ns) do update set {merge_assignments('max', 'min')}"
 )
@@ -219,8 +219,10 @@ class SqliteStore:
                         ),
                     )
                     # A few hundred rows per batch (symbols x minutes it touches), not per tick.
-                    minutes = upsert_rows(batch_minutes(batch), table)
-                    conn.executemany(_UPSERT_MINUTES, zip(*minutes, strict=True))
+                    minutes = upsert_columns(batch_minutes(batch), table)
+                    conn.executemany(
+                        _UPSERT_MINUTES, zip(*(c.tolist() for c in minutes), strict=True)
+                    )
                 self._write_offset(conn, stream, log_offset)
                 conn.execute("commit")
             except BaseException:

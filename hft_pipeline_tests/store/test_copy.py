@@ -99,3 +99,27 @@ def test_decode_fixed_rows_round_trip_and_rejects_nulls() -> None:
         decode_fixed_rows(COPY_HEADER + with_null + COPY_TRAILER, fields)
     with pytest.raises(ValueError, match="signature"):
         decode_fixed_rows(b"garbage" + body, fields)
+
+
+def test_numpy_arrays_reach_postgresql_bit_for_bit(pg_dsn: str) -> None:
+    import psycopg
+
+    from hft_pipeline.store.pg_arrays import Float8Array, Int4Array, Int8Array
+
+    floats = np.array([0.1, -0.0, 2.0**53 + 2, 5e-324, -1.7976931348623157e308])
+    ints = np.array([-(2**63), -1, 0, 2**63 - 1])
+    with psycopg.connect(pg_dsn) as conn:
+        got = conn.execute(
+            "select array_agg(f order by o), (select array_agg(i order by o) from "
+            "unnest(%b::int8[]) with ordinality as x(i, o)), (select array_agg(j) from "
+            "unnest(%b::int4[]) as y(j)), cardinality(%b::float8[]) "
+            "from unnest(%b::float8[]) with ordinality as t(f, o)",
+            (
+                Int8Array(ints),
+                Int4Array(np.array([7, -7], np.int32)),
+                Float8Array(np.empty(0)),
+                Float8Array(floats),
+            ),
+        ).fetchone()
+    assert np.array(got[0]).view(np.int64).tolist() == floats.view(np.int64).tolist()
+    assert got[1] == ints.tolist() and got[2] == [7, -7] and got[3] == 0
