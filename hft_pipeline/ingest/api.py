@@ -95,15 +95,20 @@ class Health(BaseModel):
 MIN_TIME_NS, MAX_TIME_NS = 0, 2**63 - 1
 TIME_RANGE = "1970-01-01T00:00:00Z..2262-04-11T23:47:16.854775807Z (0..9223372036854775807 ns)"
 _TIME_TEXT = f"ns since the epoch or ISO-8601 (no offset: UTC) in {TIME_RANGE}; empty: none"
-_NS_TEXT = r"-?[0-9]+"
+# What may be a time at all; parse_time refuses whatever these do not match, so the schema's
+# pattern holds every accepted value (years 1969 and 2262 can be in range with an offset).
+_NS_TEXT = r"[0-9]+"
 _ISO_TEXT = (
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
-    r"(?:[Tt ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?(?:[Zz]|[+-][0-9]{2}(?::?[0-9]{2})?)?)?"
+    r"(?:19[6-9][0-9]|2[0-2][0-9]{2})-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"(?:[Tt ](?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]{1,9})?)?"
+    r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3])(?::?[0-5][0-9])?)?)?"
 )
 #: start/end as an OpenAPI pattern: empty (unset), integer ns or ISO-8601.
 TIME_REGEX = f"^(?:{_NS_TEXT}|{_ISO_TEXT})?$"
+_NUMBER = re.compile(r"-?[0-9]+")
 _NS = re.compile(_NS_TEXT)
 _ISO = re.compile(_ISO_TEXT)
+_ISO_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[Tt ].*)?", re.DOTALL)  # for messages
 
 
 def _invalid(name: str, value: str, message: str) -> RequestValidationError:
@@ -118,33 +123,42 @@ def parse_time(value: str | None, name: str) -> int | None:
     None if empty. RequestValidationError (a 422 naming `name`) for anything else."""
     if value is None or value == "":
         return None
-    if _NS.fullmatch(value):
-        digits = value.lstrip("-").lstrip("0")  # int() refuses over 4300 digits
-        ns = int(value) if len(digits) <= 19 else None
-    elif _ISO.fullmatch(value):
-        ns = _iso_ns(value, name)
+    shown = repr(value) if len(value) <= 64 else f"{value[:40]!r}... ({len(value)} characters)"
+    if _NUMBER.fullmatch(value):
+        digits = value.lstrip("-").lstrip("0")
+        ns = int(value) if len(digits) <= 19 else None  # int() refuses over 4300 digits
+    elif _ISO_SHAPE.fullmatch(value):
+        ns = _iso_ns(value, shown, name)
     else:
         raise _invalid(
             name,
             value,
-            f"{value!r} is neither integer nanoseconds since the epoch nor an ISO-8601 time "
+            f"{shown} is neither integer nanoseconds since the epoch nor an ISO-8601 time "
             "(e.g. 1767225600000000000 or 2026-01-01T00:00:00Z)",
         )
     if ns is None or not MIN_TIME_NS <= ns <= MAX_TIME_NS:
-        raise _invalid(name, value, f"{value!r} is outside the accepted times {TIME_RANGE}")
+        raise _invalid(name, value, f"{shown} is outside the accepted times {TIME_RANGE}")
+    if not (_NS.fullmatch(value) or _ISO.fullmatch(value)):  # what TIME_REGEX declares
+        raise _invalid(
+            name,
+            value,
+            f"{shown}: write integer nanoseconds as digits only, and ISO-8601 times as "
+            "YYYY-MM-DD[Thh:mm[:ss[.fffffffff]][Z|+hh:mm|-hh:mm]]",
+        )
     return ns
 
 
-def _iso_ns(text: str, name: str) -> int | None:
+def _iso_ns(text: str, shown: str, name: str) -> int | None:
     """ns since the epoch of an ISO-8601 `text`; None when int64 ns cannot hold it."""
     try:
-        stamp = pd.Timestamp(text)  # seconds or finer units: years 1..9999 parse
+        # Upper case: pandas parses a lower-case "t"/"z" (RFC 3339 allows them) only to the µs.
+        stamp = pd.Timestamp(text.upper())  # seconds or finer units: years 1..9999 parse
         stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
         return int(stamp.as_unit("ns").value)
     except (OverflowError, pd.errors.OutOfBoundsDatetime):
         return None
     except ValueError as exc:
-        raise _invalid(name, text, f"{text!r} is not a valid time: {exc}") from None
+        raise _invalid(name, text, f"{shown} is not a valid time: {exc}") from None
 
 
 def parse_range(start: str | None, end: str | None) -> tuple[int | None, int | None]:
@@ -618,6 +632,7 @@ _RETRY_AFTER = {
 }
 #: OpenAPI declarations of every error status the API answers (docs/api.md, Errors).
 ERROR_RESPONSES: dict[int, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "The body is not UTF-8 text"},
     401: {
         "model": ErrorBody,
         "description": "HFT_API_TOKEN is set and the request does not carry it as a bearer token",
@@ -672,10 +687,14 @@ def create_app(service: IngestService) -> FastAPI:
 
     for exc_type, handler in EXCEPTION_HANDLERS.items():
         app.add_exception_handler(exc_type, handler)
-    # Depends(_bearer) only declares the scheme in OpenAPI: TokenFirstRoute checks the token.
-    mutating = APIRouter(route_class=TokenFirstRoute, dependencies=[Depends(_bearer)])
+    # Depends(_bearer) only declares the scheme in OpenAPI, where it is required only when a
+    # token is set; TokenFirstRoute checks the token.
+    security = [Depends(_bearer)] if service.settings.api_token else []
+    mutating = APIRouter(route_class=TokenFirstRoute, dependencies=security)
 
-    @mutating.post("/subscribe", responses=_errors(401, 422, 503))
+    unauthorized = (401,) if service.settings.api_token else ()
+
+    @mutating.post("/subscribe", responses=_errors(400, *unauthorized, 422, 503))
     async def subscribe(request: SubscribeRequest) -> dict[str, Any]:
         """Subscribe a symbol; persisted and restored on restart."""
         created = service.subscribe(request.symbol, request.exchange)
@@ -685,7 +704,7 @@ def create_app(service: IngestService) -> FastAPI:
             "exchange": request.exchange,
         }
 
-    @mutating.post("/unsubscribe", responses=_errors(401, 404, 422, 503))
+    @mutating.post("/unsubscribe", responses=_errors(400, *unauthorized, 404, 422, 503))
     async def unsubscribe(request: UnsubscribeRequest) -> dict[str, Any]:
         """Stop receiving a symbol; its stored ticks stay."""
         if request.symbol not in service.exchanges:
@@ -746,7 +765,11 @@ def create_app(service: IngestService) -> FastAPI:
     async def ticks(
         symbol: Annotated[
             str,
-            Path(description="Symbol name", json_schema_extra={"pattern": SYMBOL_REGEX}),
+            Path(
+                description="Symbol name",
+                examples=["PETR4", "R_100"],
+                json_schema_extra={"pattern": SYMBOL_REGEX},
+            ),
             AfterValidator(validate_symbol),
         ],
         timeframe: Annotated[Timeframe, Query(description="raw or a candle timeframe")] = "raw",
