@@ -1,4 +1,7 @@
-"""The durable tick log: framing, segments, torn tails, restart, retention, fsync, concurrency."""
+"""The durable tick log: framing, segments, torn tails, restart, retention, fsync, concurrency.
+
+Damage beyond the torn tail (skipped spans, acknowledgement, reset_to) is in test_ticklog_damage.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +22,12 @@ import hft_pipeline
 from hft_pipeline.ingest import ticklog as ticklog_module
 from hft_pipeline.ingest.ticklog import (
     HEADER_SIZE,
-    CorruptLogError,
+    DamagedSpan,
     LogBackend,
     OffsetError,
     TickLog,
     TickLogError,
+    TornTail,
     decode_record,
     encode_record,
 )
@@ -194,18 +198,23 @@ def test_torn_tail_at_every_byte_is_truncated_to_the_previous_record(tmp_path: P
     prev, last = offsets[-2], offsets[-1]
     assert len(data) == last
     extra = make_batch(rng, 5)
+    # The tick count is reported once the payload head and symbol table are on disk.
+    head_end = prev + HEADER_SIZE + 8 + sum(1 + len(s.encode()) for s in batches[-1].symbols)
     for cut in range(prev + 1, last):
         case = tmp_path / f"cut{cut}"
         case.mkdir()
         (case / f"{0:020d}.log").write_bytes(data[:cut])
         with TickLog(case, fsync="off") as log:
+            ticks = 3 if cut >= head_end else None
+            assert log.torn == TornTail(f"{0:020d}.log", prev, cut - prev, 1, ticks)
             assert log.truncated_bytes == cut - prev
+            assert log.damaged == []
             assert log.end_offset == prev == (case / f"{0:020d}.log").stat().st_size
             assert log.append(extra) > prev
             got, _ = log.read(0, 10**6)
             assert_same_ticks(got, concat_batches([*batches[:-1], extra]))
         with TickLog(case, fsync="off") as log:  # the repaired log reopens clean
-            assert log.truncated_bytes == 0
+            assert log.truncated_bytes == 0 and log.torn is None
 
 
 def test_any_flipped_byte_of_the_last_record_is_truncated(tmp_path: Path) -> None:
@@ -224,11 +233,13 @@ def test_any_flipped_byte_of_the_last_record_is_truncated(tmp_path: Path) -> Non
         with TickLog(case, fsync="off") as log:
             assert log.end_offset == prev, f"flipped byte {pos - prev} of the record"
             assert log.truncated_bytes == last - prev
+            assert log.torn is not None and log.torn.records == 1 and log.damaged == []
+            assert (log.torn.offset, log.torn.bytes) == (prev, last - prev)
             got, _ = log.read(0, 10**6)
             assert_same_ticks(got, concat_batches(batches[:-1]))
 
 
-def test_corruption_inside_the_log_is_reported_never_returned(tmp_path: Path) -> None:
+def test_corruption_inside_a_closed_segment_is_skipped_and_reported(tmp_path: Path) -> None:
     rng = np.random.default_rng(8)
     batches = [make_batch(rng, 10) for _ in range(12)]
     offsets = _write_log(tmp_path, batches, segment_bytes=2048)
@@ -236,37 +247,44 @@ def test_corruption_inside_the_log_is_reported_never_returned(tmp_path: Path) ->
     second_segment = min(int(p.name[:20]) for p in tmp_path.glob("*.log") if p != path)
     assert offsets[2] < second_segment  # the damaged record is in the first, closed segment
     data = bytearray(path.read_bytes())
-    data[offsets[2] + HEADER_SIZE + 40] ^= 0xFF  # inside the third record's payload
+    data[offsets[2] + HEADER_SIZE + 72] ^= 0xFF  # inside the third record's columns
     path.write_bytes(bytes(data))
     with TickLog(tmp_path, fsync="off", segment_bytes=2048) as log:
-        # Only the tail segment is scanned on open: a closed segment is never cut.
         assert log.truncated_bytes == 0 and log.end_offset == offsets[-1]
-        got, nxt = log.read(0, 20)  # the two good records before the damage
-        assert nxt == offsets[2]
+        assert log.damaged == [
+            DamagedSpan(f"{0:020d}.log", offsets[2], offsets[3], offsets[3] - offsets[2], 1, 10)
+        ]
+        got, nxt = log.read(0, 20)  # the two good records before the damage, then past it
+        assert nxt == offsets[3]
         assert_same_ticks(got, concat_batches(batches[:2]))
-        with pytest.raises(CorruptLogError, match="CRC"):
-            log.read(0, 10**6)
-        with pytest.raises(CorruptLogError, match="CRC"):
-            log.read(offsets[2], 1)
-        got, _ = log.read(offsets[3], 10**6)
-        assert_same_ticks(got, concat_batches(batches[3:]))
+        got, nxt = log.read(0, 10**6)
+        assert nxt == offsets[-1]
+        assert_same_ticks(got, concat_batches(batches[:2] + batches[3:]))
+        got, nxt = log.read(offsets[2], 1)  # a reader at the span's start goes on at its end
+        assert nxt == offsets[4]
+        assert_same_ticks(got, batches[3])
 
 
-def test_a_bad_record_in_the_tail_segment_cuts_everything_after_it(tmp_path: Path) -> None:
-    # After a power loss, unsynced pages land in any order, so a whole record may follow a torn
-    # one; none of them were acknowledged as durable, and the log must end at the last good one.
+def test_a_bad_region_in_the_tail_segment_keeps_every_record_after_it(tmp_path: Path) -> None:
+    # After a power loss, unsynced pages land in any order, so whole records may follow a torn
+    # one; they are intact, and the log keeps them (the bad region becomes a damaged span).
     rng = np.random.default_rng(16)
     batches = [make_batch(rng, 10) for _ in range(5)]
     offsets = _write_log(tmp_path, batches)
     path = tmp_path / f"{0:020d}.log"
     data = bytearray(path.read_bytes())
-    data[offsets[2] + HEADER_SIZE + 40 : offsets[3]] = bytes(offsets[3] - offsets[2] - 40 - 16)
+    # Zero the third record's columns: its header, payload head and symbol table survive.
+    zero_from = offsets[2] + HEADER_SIZE + 64
+    data[zero_from : offsets[3]] = bytes(offsets[3] - zero_from)
     path.write_bytes(bytes(data))
     with TickLog(tmp_path, fsync="off") as log:
-        assert log.end_offset == offsets[2]
-        assert log.truncated_bytes == offsets[-1] - offsets[2]
+        assert log.end_offset == offsets[-1]
+        assert log.truncated_bytes == 0 and log.torn is None
+        assert [(s.offset, s.end, s.records, s.ticks) for s in log.damaged] == [
+            (offsets[2], offsets[3], 1, 10)
+        ]
         got, _ = log.read(0, 10**6)
-        assert_same_ticks(got, concat_batches(batches[:2]))
+        assert_same_ticks(got, concat_batches(batches[:2] + batches[3:]))
 
 
 def test_torn_tail_in_a_later_segment_and_a_short_older_segment(tmp_path: Path) -> None:
@@ -280,21 +298,26 @@ def test_torn_tail_in_a_later_segment_and_a_short_older_segment(tmp_path: Path) 
     with TickLog(tmp_path, fsync="off", segment_bytes=3000) as log:
         assert log.end_offset == offsets[-2]
         assert log.truncated_bytes == offsets[-1] - offsets[-2] - 7
+        assert log.torn == TornTail(
+            f"{bases[-1]:020d}.log", offsets[-2], offsets[-1] - offsets[-2] - 7, 1, 15
+        )
         got, _ = log.read(0, 10**6)
         assert_same_ticks(got, concat_batches(batches[:-1]))
-    # An older segment that lost bytes (power loss before its fsync): everything from the hole
-    # on is dropped, since no segment behind it can be reached by offset any more.
+    # An older segment that lost bytes (power loss before its fsync): its cut record becomes a
+    # "missing" span up to the next segment's base, and every later segment is kept.
     short = tmp_path / f"{bases[1]:020d}.log"
     size = short.stat().st_size
     os.truncate(short, size - 3)
-    before = sum(p.stat().st_size for p in tmp_path.glob("*.log"))
     with TickLog(tmp_path, fsync="off", segment_bytes=3000) as log:
-        keep = max(o for o in offsets if o <= bases[1] + size - 3)
-        assert log.end_offset == keep
-        assert log.segment_count == 2
-        assert log.truncated_bytes == before - keep
+        cut = offsets.index(max(o for o in offsets if o <= bases[1] + size - 3))
+        assert log.end_offset == offsets[-2]
+        assert log.segment_count == len(bases)
+        assert log.truncated_bytes == 0 and log.torn is None
+        assert [(s.offset, s.end, s.kind) for s in log.damaged] == [
+            (offsets[cut], bases[2], "missing")
+        ]
         got, _ = log.read(0, 10**6)
-        assert_same_ticks(got, concat_batches(batches[: offsets.index(keep)]))
+        assert_same_ticks(got, concat_batches(batches[:cut] + batches[cut + 1 : -1]))
 
 
 def test_restart_resumes_offsets_and_reads_old_records(tmp_path: Path) -> None:
