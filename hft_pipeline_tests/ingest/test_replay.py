@@ -21,6 +21,7 @@ from hft_pipeline.ingest.feeds import (
     make_feed,
     read_tick_file,
 )
+from hft_pipeline.ingest.feeds.replay import TickFileReader, derive_seqs
 from hft_pipeline.market.ticks import TickBatch, concat_batches
 from hft_pipeline.settings import Settings
 
@@ -132,47 +133,137 @@ def test_missing_column_error_names_the_column(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("body", "pattern"),
+    ("body", "reason", "pattern"),
     [
-        ("PETR4,1,38.0,100\nPETR4,2,abc,100\n", r"column 'price' must be numeric: row 2 has 'abc'"),
+        (
+            "PETR4,1,38.0,100\nPETR4,2,abc,100\n",
+            "bad_number",
+            r"row 2, column 'price': 'abc' is not a number \(bad_number\)",
+        ),
         (
             "PETR4,1,38.0,100\nPETR4,yesterday,38.0,100\n",
-            r"column 'ts' must be int64 ns or ISO-8601",
+            "bad_timestamp",
+            r"row 2, column 'ts': 'yesterday' is not a timestamp",
         ),
         (
             "PETR4,1,38.0,100\nBAD|SYM,2,38.0,100\n",
-            r"column 'symbol' invalid symbol 'BAD\|SYM'.*row 2",
+            "bad_symbol",
+            r"row 2, column 'symbol': 'BAD\|SYM' is not a symbol",
         ),
-        ("PETR4,1,38.0,100\nPETR4,,38.0,100\n", r"column 'ts' is float64"),
-        ("PETR4,1,38.0,100\n,2,38.0,100\n", r"column 'symbol' is empty: row 2"),
+        (
+            'PETR4,1,38.0,100\n"NLSYM\n",2,38.0,100\n',
+            "bad_symbol",
+            r"row 2, column 'symbol': 'NLSYM\\n' is not a symbol",
+        ),
+        (
+            "PETR4,1,38.0,100\nPETR4,,38.0,100\n",
+            "bad_timestamp",
+            r"row 2, column 'ts': an empty cell is not",
+        ),
+        (
+            "PETR4,1,38.0,100\n,2,38.0,100\n",
+            "bad_symbol",
+            r"row 2, column 'symbol': an empty cell is not",
+        ),
+        (
+            "PETR4,1,38.0,100\nPETR4,2,38.0,-3\n",
+            "negative_volume",
+            r"row 2, column 'volume': -3 is a negative volume",
+        ),
     ],
 )
-def test_bad_values_name_the_column_and_row(tmp_path: Path, body: str, pattern: str) -> None:
+def test_a_bad_row_is_counted_or_strictly_refused_naming_row_and_column(
+    tmp_path: Path, body: str, reason: str, pattern: str
+) -> None:
     path = tmp_path / "bad.csv"
     path.write_text("symbol,ts,price,volume\n" + body)
     with pytest.raises(TickFileError, match=pattern):
-        list(read_tick_file(path))
+        list(read_tick_file(path, strict=True))
+    reader = TickFileReader(path)
+    out = concat_batches(list(read_tick_file(path, reader=reader))).to_frame()
+    assert out[["symbol", "ts", "price"]].values.tolist() == [["PETR4", 1, 38.0]]
+    assert reader.read == 2
+    assert {k: v for k, v in reader.rejected.items() if v} == {reason: 1}
 
 
 def test_bad_seq_and_unknown_extension(tmp_path: Path) -> None:
     path = tmp_path / "seq.csv"
-    path.write_text("symbol,ts,price,volume,seq\nPETR4,1,38.0,100,1\nPETR4,2,38.0,100,1.5\n")
-    with pytest.raises(TickFileError, match=r"column 'seq' must hold whole numbers: row 2"):
-        list(read_tick_file(path))
+    path.write_text(
+        "symbol,ts,price,volume,seq\nPETR4,1,38.0,100,1\nPETR4,2,38.0,100,1.5\n"
+        "PETR4,3,38.0,100,3.0\nPETR4,4,38.0,100,99999999999999999999\nPETR4,5,38.0,100,-2\n"
+    )
+    with pytest.raises(TickFileError, match=r"row 2, column 'seq': '1.5' is not a whole number"):
+        list(read_tick_file(path, strict=True))
+    reader = TickFileReader(path)
+    out = concat_batches(list(read_tick_file(path, reader=reader)))
+    assert out.seq.tolist() == [1, 3] and out.ts.tolist() == [1, 3]
+    assert {k: v for k, v in reader.rejected.items() if v} == {"bad_seq": 2, "negative_seq": 1}
     with pytest.raises(TickFileError, match=r"use \.csv, \.csv\.gz or \.parquet"):
         list(read_tick_file(tmp_path / "ticks.json"))
 
 
-def test_seq_is_assigned_per_symbol_in_file_order_after_the_resume_point(tmp_path: Path) -> None:
+def test_a_line_with_more_fields_than_the_header_is_counted_as_malformed(tmp_path: Path) -> None:
+    path = tmp_path / "fields.csv"
+    path.write_text("symbol,ts,price,volume\nA1,1,1.0,1\nA1,2,1.0,1,7\nA1,3,1.0,1\n")
+    reader = TickFileReader(path)
+    assert concat_batches(list(read_tick_file(path, reader=reader))).ts.tolist() == [1, 3]
+    assert reader.read == 3 and reader.rejected["malformed_line"] == 1
+    with pytest.raises(TickFileError, match=r"Expected 4 fields in line 3, saw 5"):
+        list(read_tick_file(path, strict=True))
+
+
+def test_empty_cells_keep_the_other_integers_exact(tmp_path: Path) -> None:
+    # An empty cell used to turn ts (and seq) into float64, which rounds ns to 256 ns.
+    big = T0 + 123_456_789
+    path = tmp_path / "holes.csv"
+    path.write_text(
+        f"symbol,ts,price,volume,seq\nA1,{big},1.0,1,{big}\nA1,,1.0,1,5\nA1,{big + 1},1.0,1,\n"
+    )
+    reader = TickFileReader(path)
+    out = concat_batches(list(read_tick_file(path, reader=reader)))
+    assert out.ts.tolist() == [big] and out.seq.tolist() == [big]
+    assert {k: v for k, v in reader.rejected.items() if v} == {"bad_timestamp": 1, "bad_seq": 1}
+    table = pa.table(
+        {
+            "symbol": ["A1", "A1", None],
+            "ts": pa.array([big, None, big + 2], pa.int64()),
+            "price": [1.0, 1.0, 1.0],
+            "volume": [1.0, 1.0, 1.0],
+            "seq": pa.array([big, 1, None], pa.int64()),
+        }
+    )
+    pq.write_table(table, tmp_path / "holes.parquet")
+    reader = TickFileReader(tmp_path / "holes.parquet")
+    out = concat_batches(list(read_tick_file(tmp_path / "holes.parquet", reader=reader)))
+    assert out.ts.tolist() == [big] and out.seq.tolist() == [big]
+    assert {k: v for k, v in reader.rejected.items() if v} == {
+        "bad_symbol": 1,
+        "bad_timestamp": 1,
+    }
+
+
+def test_derived_seq_is_ts_bumped_past_the_previous_seq_of_the_symbol() -> None:
+    last = np.array([-1, -1], np.int64)
+    sym = np.array([0, 0, 0, 1, 0])
+    ts = np.array([100, 100, 99, 5, 150], np.int64)
+    assert derive_seqs(sym, ts, last).tolist() == [100, 101, 102, 5, 150]
+    assert last.tolist() == [150, 5]
+    assert derive_seqs(np.array([0, 1]), np.array([150, 7], np.int64), last).tolist() == [151, 7]
+
+
+def test_files_without_seq_get_seqs_from_ts_across_chunks(tmp_path: Path) -> None:
     path = tmp_path / "noseq.csv"
     rows = ["symbol,ts,price,volume"]
     order = ["PETR4", "VALE3", "PETR4", "PETR4", "R_100", "VALE3", "PETR4"]
-    rows += [f"{s},{T0 + i},10.0,100" for i, s in enumerate(order)]
+    stamps = [T0, T0, T0, T0 + 1, T0 + 5, T0 + 9, T0 + 2]
+    rows += [f"{s},{t},10.0,100" for s, t in zip(order, stamps, strict=True)]
     path.write_text("\n".join(rows) + "\n")
-    resume = {"VALE3": ResumePoint(seq=41, ts=T0 - 1, price=62.0)}
-    out = read_all(path, chunk_rows=3, resume=resume)  # numbering continues across chunks
+    out = read_all(path, chunk_rows=3)  # the bump carries across chunks
     assert list(out["symbol"]) == order
-    assert list(out["seq"]) == [0, 42, 1, 2, 0, 43, 3]
+    assert list(out["seq"] - T0) == [0, 0, 1, 2, 5, 9, 3]
+    resume = {"PETR4": ResumePoint(seq=T0 + 1, ts=T0, price=10.0)}
+    out = read_all(path, chunk_rows=3, resume=resume)  # what the store holds is skipped
+    assert list(out[out.symbol == "PETR4"]["seq"] - T0) == [2, 3]
 
 
 def test_files_with_seq_skip_ticks_at_or_below_the_resume_point(tmp_path: Path) -> None:
@@ -187,6 +278,17 @@ def test_files_with_seq_skip_ticks_at_or_below_the_resume_point(tmp_path: Path) 
     assert list(out[out.symbol == "PETR4"]["seq"]) == list(range(60, 100))
     assert (out.symbol != "R_100").all()
     assert list(out[out.symbol == "frxEURUSD"]["seq"]) == list(range(100))
+
+
+def test_seqs_out_of_file_order_are_not_skipped(tmp_path: Path) -> None:
+    # The reader skips only what the resume point covers; the service's sequencer decides
+    # about the rest (it used to drop any seq below an earlier chunk's highest).
+    frame = sample_frame(100).iloc[::-1]
+    path = tmp_path / "desc.csv"
+    frame.to_csv(path, index=False)
+    out = read_all(path, chunk_rows=40)
+    assert len(out) == 300
+    assert sorted(out[out.symbol == "PETR4"]["seq"]) == list(range(100))
 
 
 async def test_replay_feed_as_fast_as_possible_with_subscriptions(tmp_path: Path) -> None:
@@ -213,11 +315,26 @@ async def test_replay_feed_with_explicit_symbols_and_resume(tmp_path: Path) -> N
     frame = sample_frame(50).drop(columns=["seq"])
     path = tmp_path / "ticks.csv"
     frame.to_csv(path, index=False)
+    petr4 = frame[frame.symbol == "PETR4"]
     feed = ReplayFeed(path, symbols=["PETR4"])
-    feed.resume_from({"PETR4": ResumePoint(seq=9, ts=0, price=1.0)})
+    tenth = int(petr4.ts.iloc[9])  # ts are distinct per symbol: the derived seq is the ts
+    feed.resume_from({"PETR4": ResumePoint(seq=tenth, ts=tenth, price=1.0)})
     out = concat_batches([b async for b in feed.batches()])
     assert set(out.symbol_names()) == {"PETR4"}
-    np.testing.assert_array_equal(out.seq, np.arange(10, 60))
+    np.testing.assert_array_equal(out.seq, petr4.ts.to_numpy()[10:])
+    np.testing.assert_array_equal(out.ts, petr4.ts.to_numpy()[10:])
+
+
+async def test_replay_feed_counts_the_rows_it_rejects(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("symbol,ts,price,volume\nA1,1,1.0,1\nA1,2,-1.0,1\nA|1,3,1.0,1\nA1,4,1.0,1\n")
+    feed = ReplayFeed(path)
+    out = concat_batches([b async for b in feed.batches()])
+    assert out.ts.tolist() == [1, 4] and feed.rows_read == 2
+    assert {k: v for k, v in feed.rejected.items() if v} == {
+        "bad_symbol": 1,
+        "non_positive_price": 1,
+    }
 
 
 async def test_replay_speed_paces_file_time_against_the_wall_clock(tmp_path: Path) -> None:

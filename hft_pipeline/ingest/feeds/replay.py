@@ -1,35 +1,74 @@
-"""Tick files (CSV, gzipped CSV, Parquet): a chunked reader for imports and a replaying Feed.
+"""Tick files (CSV, gzipped CSV, Parquet): a chunked reader that checks every row, and a Feed.
 
 Columns: symbol, ts, price, volume, and optionally bid, ask, seq. `ts` is int64 nanoseconds
 since the Unix epoch, or ISO-8601 text / a datetime column (converted to UTC; naive means UTC).
-
-Sequence numbers: with a `seq` column, ticks at or below a symbol's resume point are skipped,
-so importing the same file twice (or restarting in the middle of one) adds nothing twice. Without
-one, ticks are numbered per symbol in file order after the resume point, so the reader cannot
-recognise ticks it has seen: importing such a file twice inserts its ticks twice.
+A bad row is rejected and counted by reason (or, strict, refuses the file naming its row and
+column); a file without `seq` gets seqs derived from `ts`. The rules: docs/import.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 import time
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from hft_pipeline.ingest.feeds.base import ResumePoint
-from hft_pipeline.market.ticks import TickBatch, is_valid_symbol, validate_symbol
+from hft_pipeline.market.ticks import SYMBOL_PATTERN, SymbolIndex, TickBatch, validate_symbol
+
+log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("symbol", "ts", "price", "volume")
 OPTIONAL_COLUMNS = ("bid", "ask", "seq")
 DEFAULT_CHUNK_ROWS = 100_000
 
+#: Why a row of a tick file is rejected, in the order the checks run (the first failing one
+#: counts). The names shared with the ingest validator mean the same there.
+ROW_REJECT_REASONS: tuple[str, ...] = (
+    "malformed_line",
+    "bad_symbol",
+    "bad_timestamp",
+    "future_timestamp",
+    "bad_number",
+    "non_finite_price",
+    "non_positive_price",
+    "non_finite_volume",
+    "negative_volume",
+    "bad_seq",
+    "negative_seq",
+)
+
+_EXPLAIN = {
+    "bad_symbol": "is not a symbol (1-32 of A-Z a-z 0-9 _ . -, starting with a letter or digit)",
+    "bad_timestamp": "is not a timestamp (int64 ns since the epoch > 0, or ISO-8601 text)",
+    "future_timestamp": "is in the future",
+    "bad_number": "is not a number",
+    "non_finite_price": "is not a finite price",
+    "non_positive_price": "is not a price > 0",
+    "non_finite_volume": "is not a finite volume",
+    "negative_volume": "is a negative volume",
+    "bad_seq": "is not a whole number",
+    "negative_seq": "is a negative seq",
+}
+
+# pandas' default NA markers, for the numeric columns only: "NA" or "NULL" may be a ticker.
+_NUMERIC_NA = (
+    *("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND"),
+    *("1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"),
+)
+_INTEGER_TEXT = r"[+-]?\d+"
+_MAX_EXACT_FLOAT = 2.0**53
+
 
 class TickFileError(ValueError):
-    """A tick file we cannot read: unknown format, a missing column or a value of the wrong type."""
+    """A tick file we cannot read: unknown format, a missing column or (strict) a bad row."""
 
 
 def file_format(path: str | Path) -> str:
@@ -68,178 +107,367 @@ def count_rows(path: str | Path) -> int:
     return max(0, lines - 1)
 
 
+def is_symbol(name: object) -> bool:
+    """True if `name` is a legal symbol as a whole ("NLSYM\\n" is not)."""
+    return isinstance(name, str) and SYMBOL_PATTERN.fullmatch(name) is not None
+
+
+def derive_seqs(sym: np.ndarray, ts: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Seqs for ticks without one: per symbol, seq = max(ts, previous seq + 1), in the given order.
+
+    `sym` indexes `last`, the previous seq of each symbol (-1 for none), updated in place.
+    Written as seq_k = k + max(last + 1, max_{j<=k}(ts_j - j)) per symbol, so one cumulative
+    max per symbol replaces a loop over ticks.
+    """
+    seq = np.empty(len(ts), np.int64)
+    if not len(ts):
+        return seq
+    order = np.argsort(sym, kind="stable")
+    counts = np.bincount(sym, minlength=len(last))
+    starts = np.cumsum(counts) - counts
+    for s in np.flatnonzero(counts):
+        idx = order[starts[s] : starts[s] + counts[s]]
+        k = np.arange(idx.size, dtype=np.int64)
+        base = np.maximum(np.maximum.accumulate(ts[idx] - k), last[s] + 1)
+        seq[idx] = base + k
+        last[s] = seq[idx[-1]]
+    return seq
+
+
+@dataclass(slots=True)
+class FileChunk:
+    """The accepted rows of one chunk, in file order, and their positions (data rows from 0).
+
+    `ticks.seq` holds the file's seq, or zeros when the file has no seq column.
+    """
+
+    ticks: TickBatch
+    rows: np.ndarray  # int64
+
+
+class TickFileReader:
+    """Reads a tick file in chunks of `chunk_rows`, checking every row.
+
+    Rows failing a check are left out and counted in `rejected` by reason (ROW_REJECT_REASONS);
+    with `strict` the first one raises TickFileError naming its row (data rows counted from 1),
+    column and value. Timestamps above `max_ts` (ns) are future_timestamp. File-level problems
+    (unknown type, missing column, a column of an impossible type) always raise.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        strict: bool = False,
+        max_ts: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        columns = file_columns(path)
+        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        if missing:
+            raise TickFileError(
+                f"{path}: missing required column {', '.join(repr(c) for c in missing)}; found "
+                f"{columns}; need {list(REQUIRED_COLUMNS)} and optionally {list(OPTIONAL_COLUMNS)}"
+            )
+        self.columns = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in columns]
+        self.has_seq = "seq" in self.columns
+        self.chunk_rows = int(chunk_rows)
+        self.strict = strict
+        self.max_ts = max_ts
+        self.read = 0  # rows read so far, rejected ones and malformed lines included
+        self.rejected = dict.fromkeys(ROW_REJECT_REASONS, 0)
+
+    def chunks(self) -> Iterator[FileChunk]:
+        """Yield the accepted rows chunk by chunk (a chunk may be empty)."""
+        row0 = 0
+        for frame, malformed in self._frames():
+            self.read += malformed
+            self.rejected["malformed_line"] += malformed
+            chunk = self._check(frame, row0)
+            row0 += len(frame)
+            self.read += len(frame)
+            yield chunk
+
+    def _frames(self) -> Iterator[tuple[pd.DataFrame, int]]:
+        """(frame, lines skipped as malformed) per chunk."""
+        if file_format(self.path) == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            # Integers stay exact with nulls (nullable Int64, not float64 with NaN).
+            def nullable(t: pa.DataType) -> pd.api.extensions.ExtensionDtype | None:
+                return pd.Int64Dtype() if pa.types.is_integer(t) else None
+
+            pf = pq.ParquetFile(self.path)
+            for batch in pf.iter_batches(batch_size=self.chunk_rows, columns=self.columns):
+                yield batch.to_pandas(types_mapper=nullable), 0
+            return
+        na_values = {c: list(_NUMERIC_NA) for c in ("price", "volume", "bid", "ask")}
+        na_values |= {"symbol": [""], "ts": [""], "seq": [""]}
+        try:
+            reader = pd.read_csv(
+                self.path,
+                # No usecols: with it, pandas takes a line with too many fields without a word.
+                # As text: symbols that look numeric stay names; ts and seq stay exact int64
+                # (an empty cell would turn an inferred column into float64).
+                dtype={"symbol": str, "ts": str, "seq": str},
+                keep_default_na=False,
+                na_values={c: v for c, v in na_values.items() if c in self.columns},
+                chunksize=self.chunk_rows,
+                skipinitialspace=True,
+                on_bad_lines="error" if self.strict else "warn",
+            )
+        except (ValueError, pd.errors.ParserError) as exc:
+            raise TickFileError(f"{self.path}: {exc}") from None
+        with reader:
+            while True:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", pd.errors.ParserWarning)
+                    try:
+                        frame = next(reader)
+                    except StopIteration:
+                        return
+                    except (ValueError, pd.errors.ParserError) as exc:
+                        raise TickFileError(f"{self.path}: {exc}".strip()) from None
+                frame.columns = [str(c).strip() for c in frame.columns]
+                frame = frame[self.columns]
+                skipped = sum(
+                    str(w.message).count("Skipping line")
+                    for w in caught
+                    if issubclass(w.category, pd.errors.ParserWarning)
+                )
+                yield frame, skipped
+
+    def _check(self, frame: pd.DataFrame, row0: int) -> FileChunk:
+        n = len(frame)
+        sym, names, bad_symbol = _symbols(frame["symbol"], self.path)
+        ts, bad_ts = _timestamps(frame["ts"], self.path)
+        price, bad_price = _numbers(frame["price"], "price", self.path)
+        volume, bad_volume = _numbers(frame["volume"], "volume", self.path)
+        bid, bad_bid = _optional_numbers(frame, "bid", self.path)
+        ask, bad_ask = _optional_numbers(frame, "ask", self.path)
+        if self.has_seq:
+            seq, bad_seq = _seqs(frame["seq"], self.path)
+        else:
+            seq, bad_seq = np.zeros(n, np.int64), np.zeros(n, bool)
+        future = ts > self.max_ts if self.max_ts is not None else np.zeros(n, bool)
+        checks = (
+            ("bad_symbol", "symbol", bad_symbol),
+            ("bad_timestamp", "ts", bad_ts | (ts <= 0)),
+            ("future_timestamp", "ts", future),
+            ("bad_number", "price", bad_price),
+            ("bad_number", "volume", bad_volume),
+            ("bad_number", "bid", bad_bid),
+            ("bad_number", "ask", bad_ask),
+            ("non_finite_price", "price", ~np.isfinite(price)),
+            ("non_positive_price", "price", ~(price > 0)),
+            ("non_finite_volume", "volume", ~np.isfinite(volume)),
+            ("negative_volume", "volume", volume < 0),
+            ("bad_seq", "seq", bad_seq),
+            ("negative_seq", "seq", seq < 0),
+        )
+        failed = np.zeros(n, np.int8)  # 1 + index of the first failing check, 0 = accepted
+        for k, (_, _, bad) in enumerate(checks):
+            failed[(failed == 0) & bad] = k + 1
+        if self.strict and failed.any():
+            first = int(np.argmax(failed != 0))
+            reason, column, _ = checks[failed[first] - 1]
+            raise TickFileError(
+                f"{self.path}: row {row0 + first + 1}, column {column!r}: "
+                f"{_shown(frame[column].iloc[first])} {_EXPLAIN[reason]} ({reason}); "
+                "nothing was imported (without --strict such rows are skipped and counted)"
+            )
+        counts = np.bincount(failed, minlength=len(checks) + 1)
+        for k, (reason, _, _) in enumerate(checks):
+            self.rejected[reason] += int(counts[k + 1])
+        keep = failed == 0
+        # The batch's symbol table holds only names of accepted rows (stores refuse others).
+        used, code = np.unique(sym[keep], return_inverse=True)
+        batch = TickBatch(
+            tuple(names[i] for i in used.tolist()),
+            code.astype(np.int32).reshape(-1),
+            ts[keep],
+            seq[keep],
+            price[keep],
+            volume[keep],
+            bid[keep],
+            ask[keep],
+        )
+        rows = np.flatnonzero(keep).astype(np.int64) + row0
+        return FileChunk(batch, rows)
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    return "an empty cell" if pd.isna(value) else str(value)
+
+
+def _type_error(path: Path, column: str, values: pd.Series, need: str) -> TickFileError:
+    return TickFileError(f"{path}: column {column!r} is {values.dtype}: {need}")
+
+
+def _symbols(values: pd.Series, path: Path) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(code per row, names, bad mask); empty cells and illegal names are bad."""
+    codes, uniques = pd.factorize(values)
+    names = [u if isinstance(u, str) else "" for u in uniques]
+    legal = np.fromiter((is_symbol(u) for u in names), bool, len(names))
+    bad = (codes < 0) | ~np.append(legal, False)[codes]
+    return np.where(codes < 0, 0, codes), names, bad
+
+
+def _timestamps(values: pd.Series, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 ns since the epoch, bad mask) of a ts column; ts <= 0 is checked by the caller."""
+    dtype = values.dtype
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        stamps = values
+        if getattr(stamps.dt, "tz", None) is not None:
+            stamps = stamps.dt.tz_convert("UTC").dt.tz_localize(None)
+        missing = stamps.isna().to_numpy()
+        ns = stamps.astype("datetime64[ns]").to_numpy().view(np.int64).copy()
+        ns[missing] = 0
+        return ns, missing
+    if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_float_dtype(dtype):
+        # Float nanoseconds lose precision past 2**53 (~104 days after 1970); refuse them.
+        raise _type_error(path, "ts", values, "use int64 nanoseconds since the epoch or ISO-8601")
+    if pd.api.types.is_integer_dtype(dtype):
+        missing = values.isna().to_numpy()
+        return values.to_numpy(dtype=np.int64, na_value=0), missing
+    try:  # fast path: all cells integer text
+        return values.astype(np.int64).to_numpy(), np.zeros(len(values), bool)
+    except (ValueError, TypeError, OverflowError):
+        pass
+    ns = np.zeros(len(values), np.int64)
+    bad = np.ones(len(values), bool)
+    where = np.flatnonzero(values.notna().to_numpy())  # positions: chunks keep the file's index
+    text = values.iloc[where].astype(str).str.strip()
+    is_int = text.str.fullmatch(_INTEGER_TEXT).to_numpy(dtype=bool)
+    ints, ok = _exact_ints(text[is_int])
+    ns[where[is_int]] = ints
+    bad[where[is_int]] = ~ok
+    iso = text[~is_int]
+    if len(iso):
+        stamps = pd.to_datetime(iso, utc=True, format="ISO8601", errors="coerce")
+        good = stamps.notna().to_numpy()
+        stamps = stamps.dt.tz_localize(None).astype("datetime64[ns]")
+        ns[where[~is_int][good]] = stamps.to_numpy().view(np.int64)[good]
+        bad[where[~is_int][good]] = False
+    return ns, bad
+
+
+def _exact_ints(text: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 values, ok mask) of integer text; numbers outside int64 are not ok."""
+    try:
+        return text.astype(np.int64).to_numpy(), np.ones(len(text), bool)
+    except (ValueError, OverflowError):
+        big = [int(v) for v in text]  # rare: some value does not fit
+        ok = np.array([-(2**63) <= v < 2**63 for v in big], bool)
+        return np.array([v if o else 0 for v, o in zip(big, ok, strict=True)], np.int64), ok
+
+
+def _numbers(values: pd.Series, column: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(float64, bad mask): text that is not a number is bad; empty cells are NaN."""
+    dtype = values.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        return np.full(len(values), np.nan), np.ones(len(values), bool)
+    if pd.api.types.is_numeric_dtype(dtype):
+        return values.to_numpy(dtype=np.float64, na_value=np.nan), np.zeros(len(values), bool)
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        raise _type_error(path, column, values, "must be numeric")
+    parsed = pd.to_numeric(values, errors="coerce")
+    bad = (parsed.isna() & values.notna()).to_numpy()
+    return parsed.to_numpy(dtype=np.float64, na_value=np.nan), bad
+
+
+def _optional_numbers(
+    frame: pd.DataFrame, column: str, path: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    if column in frame:
+        return _numbers(frame[column], column, path)
+    return np.full(len(frame), np.nan), np.zeros(len(frame), bool)
+
+
+def _seqs(values: pd.Series, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(int64, bad mask): empty cells and values that are not whole numbers are bad."""
+    dtype = values.dtype
+    n = len(values)
+    if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_datetime64_any_dtype(dtype):
+        raise _type_error(path, "seq", values, "must hold whole numbers")
+    if pd.api.types.is_integer_dtype(dtype):
+        return values.to_numpy(dtype=np.int64, na_value=0), values.isna().to_numpy()
+    if not pd.api.types.is_float_dtype(dtype):
+        try:  # fast path: all cells integer text
+            return values.astype(np.int64).to_numpy(), np.zeros(n, bool)
+        except (ValueError, TypeError, OverflowError):
+            pass
+    seq = np.zeros(n, np.int64)
+    bad = np.ones(n, bool)
+    if pd.api.types.is_float_dtype(dtype):
+        floats, where = values.to_numpy(np.float64, na_value=np.nan), np.arange(n)
+    else:
+        where = np.flatnonzero(values.notna().to_numpy())
+        text = values.iloc[where].astype(str).str.strip()
+        is_int = text.str.fullmatch(_INTEGER_TEXT).to_numpy(dtype=bool)
+        ints, ok = _exact_ints(text[is_int])
+        seq[where[is_int]] = ints
+        bad[where[is_int]] = ~ok
+        floats = pd.to_numeric(text[~is_int], errors="coerce").to_numpy(np.float64)
+        where = where[~is_int]
+    # "12.0" is 12; fractions, NaN and floats too large to be exact are bad.
+    whole = (
+        np.isfinite(floats) & (floats == np.floor(floats)) & (np.abs(floats) <= _MAX_EXACT_FLOAT)
+    )
+    seq[where[whole]] = floats[whole].astype(np.int64)
+    bad[where[whole]] = False
+    return seq, bad
+
+
 def read_tick_file(
     path: str | Path,
     *,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     resume: dict[str, ResumePoint] | None = None,
+    strict: bool = False,
+    reader: TickFileReader | None = None,
 ) -> Iterator[TickBatch]:
-    """Yield the file's ticks as TickBatches of at most `chunk_rows`, in file order.
+    """Yield the file's accepted ticks as TickBatches of at most `chunk_rows`, in file order.
 
-    Memory stays bounded by the chunk size. `resume` holds the last known tick per symbol
-    (see the module docstring for how it affects seq). Raises TickFileError naming the bad
-    column (and row, counting data rows from 1) when the file does not fit.
+    This is the replay feed's view of a file. Memory stays bounded by the chunk size. A file
+    without seq gets `derive_seqs` in file order (the same seqs `hft import` gives a file in
+    time order). Ticks whose seq is at or below their symbol's `resume` point are skipped.
+    Rejected rows are counted in `reader.rejected` (pass a TickFileReader to see them).
     """
-    columns = file_columns(path)
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    if missing:
-        raise TickFileError(
-            f"{path}: missing required column {', '.join(repr(c) for c in missing)}; "
-            f"found {columns}; need {list(REQUIRED_COLUMNS)} and optionally {list(OPTIONAL_COLUMNS)}"
-        )
-    wanted = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in columns]
-    numbering = _SeqNumbering(resume or {}, has_seq="seq" in wanted)
-    row0 = 0
-    for frame in _frames(path, wanted, chunk_rows):
-        batch = _frame_to_batch(frame, path, row0, numbering)
-        row0 += len(frame)
+    reader = reader or TickFileReader(path, chunk_rows=chunk_rows, strict=strict)
+    resume = resume or {}
+    index = SymbolIndex()
+    last = np.full(0, -1, np.int64)
+    floor = np.full(0, np.iinfo(np.int64).min, np.int64)
+    for chunk in reader.chunks():
+        batch = chunk.ticks
+        if not len(batch):
+            continue
+        ids = index.ids_for(batch)
+        if len(index) > len(last):
+            new = index.names[len(last) :]
+            last = np.concatenate([last, np.full(len(new), -1, np.int64)])
+            points = [resume[s].seq if s in resume else np.iinfo(np.int64).min for s in new]
+            floor = np.concatenate([floor, np.array(points, np.int64)])
+        if not reader.has_seq:
+            batch.seq = derive_seqs(ids, batch.ts, last)
+        keep = batch.seq > floor[ids]
+        if not keep.all():
+            batch = batch.take(keep)
         if len(batch):
             yield batch
-
-
-def _frames(path: str | Path, columns: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
-    if file_format(path) == "parquet":
-        import pyarrow.parquet as pq
-
-        pf = pq.ParquetFile(path)
-        for record_batch in pf.iter_batches(batch_size=chunk_rows, columns=columns):
-            yield record_batch.to_pandas()
-        return
-    # symbol as text: B3-style or numeric-looking names must not turn into integers.
-    reader = pd.read_csv(
-        path, usecols=columns, dtype={"symbol": str}, chunksize=chunk_rows, skipinitialspace=True
-    )
-    with reader:
-        yield from reader
-
-
-class _SeqNumbering:
-    """Per-symbol seq state across chunks: numbering for files without seq, skipping for files with."""
-
-    def __init__(self, resume: dict[str, ResumePoint], has_seq: bool) -> None:
-        self.has_seq = has_seq
-        self.last = {s: int(p.seq) for s, p in resume.items()}
-        self.skipped = 0
-
-    def apply(
-        self, symbols: list[str], codes: np.ndarray, seq: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Return (seq, keep mask) for one chunk; numbering state advances past it."""
-        last = np.array([self.last.get(s, -1) for s in symbols], dtype=np.int64)
-        if self.has_seq:
-            assert seq is not None
-            keep = seq > last[codes]
-            self.skipped += int((~keep).sum())
-            if keep.any():
-                top = np.full(len(symbols), np.iinfo(np.int64).min)
-                np.maximum.at(top, codes[keep], seq[keep])
-                for i, s in enumerate(symbols):
-                    if top[i] > last[i]:
-                        self.last[s] = int(top[i])
-            return seq, keep
-        counts = np.bincount(codes, minlength=len(symbols))
-        order = np.argsort(codes, kind="stable")
-        rank = np.empty(codes.size, np.int64)
-        rank[order] = np.arange(codes.size) - np.repeat(np.cumsum(counts) - counts, counts)
-        seq = last[codes] + 1 + rank
-        for i, s in enumerate(symbols):
-            self.last[s] = int(last[i] + counts[i])
-        return seq, np.ones(codes.size, bool)
-
-
-def _bad_row(
-    path: str | Path, column: str, row0: int, bad: np.ndarray, values: pd.Series, why: str
-) -> TickFileError:
-    first = int(np.flatnonzero(bad)[0])
-    return TickFileError(
-        f"{path}: column {column!r} {why}: row {row0 + first + 1} has {values.iloc[first]!r}"
-    )
-
-
-def _numbers(frame: pd.DataFrame, column: str, path: str | Path, row0: int) -> np.ndarray:
-    values = frame[column]
-    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-        return values.to_numpy(dtype=np.float64, na_value=np.nan)
-    parsed = pd.to_numeric(values, errors="coerce")
-    bad = (parsed.isna() & values.notna()).to_numpy()
-    if bad.any():
-        raise _bad_row(path, column, row0, bad, values, "must be numeric")
-    return parsed.to_numpy(dtype=np.float64, na_value=np.nan)
-
-
-def _integers(frame: pd.DataFrame, column: str, path: str | Path, row0: int) -> np.ndarray:
-    values = frame[column]
-    if pd.api.types.is_integer_dtype(values):
-        return values.to_numpy(dtype=np.int64)
-    parsed = pd.to_numeric(values, errors="coerce")
-    floats = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
-    bad = ~np.isfinite(floats) | (floats != np.floor(floats))
-    if bad.any():
-        raise _bad_row(path, column, row0, bad, values, "must hold whole numbers")
-    return parsed.to_numpy(dtype=np.int64)
-
-
-def _timestamps(frame: pd.DataFrame, path: str | Path, row0: int) -> np.ndarray:
-    values = frame["ts"]
-    if pd.api.types.is_integer_dtype(values):
-        return values.to_numpy(dtype=np.int64)
-    if pd.api.types.is_datetime64_any_dtype(values):
-        stamps = values
-        if getattr(stamps.dt, "tz", None) is not None:
-            stamps = stamps.dt.tz_convert("UTC").dt.tz_localize(None)
-    elif pd.api.types.is_numeric_dtype(values):
-        # Float nanoseconds lose precision past 2**53 (~104 days after 1970); refuse them.
-        raise TickFileError(
-            f"{path}: column 'ts' is {values.dtype}: use int64 nanoseconds since the epoch "
-            "or ISO-8601 text (empty ts cells also make a CSV column float)"
-        )
-    else:
-        try:
-            stamps = pd.to_datetime(values, utc=True, format="ISO8601").dt.tz_localize(None)
-        except (ValueError, TypeError) as exc:
-            raise TickFileError(
-                f"{path}: column 'ts' must be int64 ns or ISO-8601 timestamps: {exc}"
-            ) from None
-    stamps = stamps.astype("datetime64[ns]")
-    bad = stamps.isna().to_numpy()
-    if bad.any():
-        raise _bad_row(path, "ts", row0, bad, values, "has an empty timestamp")
-    return stamps.to_numpy().view(np.int64)
-
-
-def _frame_to_batch(
-    frame: pd.DataFrame, path: str | Path, row0: int, numbering: _SeqNumbering
-) -> TickBatch:
-    raw_symbols = frame["symbol"]
-    if raw_symbols.isna().any():
-        raise _bad_row(path, "symbol", row0, raw_symbols.isna().to_numpy(), raw_symbols, "is empty")
-    codes, uniques = pd.factorize(raw_symbols.astype(str).str.strip())
-    symbols = [str(s) for s in uniques]
-    for i, s in enumerate(symbols):
-        if not is_valid_symbol(s):
-            try:
-                validate_symbol(s)
-            except ValueError as exc:
-                bad = codes == i
-                raise _bad_row(path, "symbol", row0, bad, raw_symbols, str(exc)) from None
-    codes = codes.astype(np.int32)
-    ts = _timestamps(frame, path, row0)
-    price = _numbers(frame, "price", path, row0)
-    volume = _numbers(frame, "volume", path, row0)
-    n = len(frame)
-    bid = _numbers(frame, "bid", path, row0) if "bid" in frame else np.full(n, np.nan)
-    ask = _numbers(frame, "ask", path, row0) if "ask" in frame else np.full(n, np.nan)
-    given = _integers(frame, "seq", path, row0) if "seq" in frame else None
-    seq, keep = numbering.apply(symbols, codes, given)
-    batch = TickBatch(tuple(symbols), codes, ts, seq, price, volume, bid, ask)
-    return batch if keep.all() else batch.take(keep)
 
 
 class ReplayFeed:
     """A Feed that plays a tick file: as fast as possible (speed 0) or `speed` times real time.
 
     All symbols in the file are produced unless `symbols` restricts them; `unsubscribe` drops
-    a symbol, `subscribe` brings it back. The iterator ends at the end of the file.
+    a symbol, `subscribe` brings it back. The iterator ends at the end of the file. Rows the
+    reader rejects are counted in `rejected` by reason and logged at the end.
     """
 
     def __init__(
@@ -269,6 +497,7 @@ class ReplayFeed:
         self._resume: dict[str, ResumePoint] = {}
         self._closed = False
         self.rows_read = 0  # ticks produced from the file so far, before subscription filtering
+        self.rejected: dict[str, int] = {}
 
     def subscribe(self, symbol: str) -> None:
         """Produce `symbol` again if it was unsubscribed (or add it to an explicit symbol list)."""
@@ -282,7 +511,7 @@ class ReplayFeed:
         self._excluded.add(symbol)
 
     def resume_from(self, last: dict[str, ResumePoint]) -> None:
-        """Number (files without seq) or skip (files with seq) ticks relative to `last`."""
+        """Skip ticks at or below each symbol's last known seq."""
         self._resume.update(last)
 
     async def close(self) -> None:
@@ -291,7 +520,9 @@ class ReplayFeed:
 
     async def batches(self) -> AsyncIterator[TickBatch]:
         """Yield the file's ticks in file order, paced by `speed`."""
-        reader = read_tick_file(self.path, chunk_rows=self.chunk_rows, resume=self._resume)
+        file = TickFileReader(self.path, chunk_rows=self.chunk_rows)
+        self.rejected = file.rejected
+        reader = read_tick_file(self.path, resume=dict(self._resume), reader=file)
         pacer = _Pacer(self.speed, self.emit_interval_s, self._clock)
         try:
             while not self._closed:
@@ -315,6 +546,12 @@ class ReplayFeed:
                     yield part
         finally:
             reader.close()
+            if any(self.rejected.values()):
+                log.warning(
+                    "%s: rows rejected: %s",
+                    self.name,
+                    ", ".join(f"{k}={v}" for k, v in self.rejected.items() if v),
+                )
 
     def _subscribed(self, batch: TickBatch) -> TickBatch:
         allowed = np.array(
