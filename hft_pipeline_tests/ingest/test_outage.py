@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from urllib.parse import urlsplit
 
 import numpy as np
 import psycopg
@@ -25,8 +24,7 @@ def batch(seq0: int, n: int) -> TickBatch:
 
 def test_outage_raises_pending_then_drains_without_loss(pg_dsn, tmp_path):
     feed = ScriptedFeed()
-    server = urlsplit(pg_dsn)
-    with TcpProxy(server.hostname or "127.0.0.1", server.port or 5432) as proxy:
+    with TcpProxy.for_dsn(pg_dsn) as proxy:
         settings = Settings(
             home=tmp_path / "home",
             store_url=proxied_dsn(pg_dsn, proxy.port),

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from urllib.parse import urlsplit
 
 import numpy as np
 import psycopg
@@ -31,8 +30,7 @@ def batch(seq0: int, n: int, symbol: str = "PETR4") -> TickBatch:
 
 
 def proxy_for(dsn: str) -> TcpProxy:
-    server = urlsplit(dsn)
-    return TcpProxy(server.hostname or "127.0.0.1", server.port or 5432)
+    return TcpProxy.for_dsn(dsn)
 
 
 def tables(dsn: str) -> set[str]:

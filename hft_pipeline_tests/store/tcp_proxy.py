@@ -1,7 +1,7 @@
 """A loopback TCP proxy that tests cut and restore, to simulate a database outage.
 
-    with TcpProxy(upstream_port=5432) as proxy:
-        store = PostgresStore(proxied_dsn(dsn, proxy.port))
+    with TcpProxy.for_dsn(dsn) as proxy:
+        store = PostgresStore(proxy.dsn(dsn))
         proxy.cut()        # every connection closed, new ones refused
         proxy.restore()    # accepting again on the same port
 
@@ -70,6 +70,16 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._trigger: _Trigger | None = None
         self.connections_accepted = 0
+
+    @classmethod
+    def for_dsn(cls, dsn: str) -> TcpProxy:
+        """A proxy to the server `dsn` names (host and port taken from it)."""
+        parts = urlsplit(dsn)
+        return cls(parts.hostname or "127.0.0.1", parts.port or 5432)
+
+    def dsn(self, dsn: str) -> str:
+        """`dsn` pointed at this proxy."""
+        return proxied_dsn(dsn, self.port, self.listen_host)
 
     # -- lifecycle ------------------------------------------------------------------------
 

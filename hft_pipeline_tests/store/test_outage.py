@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -45,8 +44,7 @@ def retry(call: Callable[[], object], deadline_s: float = 60.0) -> object:
 
 @pytest.fixture
 def proxy(pg_dsn: str) -> Iterator[TcpProxy]:
-    parts = urlsplit(pg_dsn)
-    with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as running:
+    with TcpProxy.for_dsn(pg_dsn) as running:
         yield running
 
 
