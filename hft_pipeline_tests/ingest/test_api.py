@@ -528,3 +528,43 @@ def test_error_bodies_match_the_declared_schema(svc):
     responses = svc.get("/openapi.json").json()["paths"]["/ticks/{symbol}"]["get"]["responses"]
     assert {"200", "404", "422", "503"} <= set(responses)
     assert "Retry-After" in responses["503"]["headers"]
+
+
+def test_an_unavailable_store_is_a_503_with_retry_after(svc):
+    from hft_pipeline.store.base import StoreUnavailableError
+
+    store = svc.service.store
+
+    def down(*args):
+        raise StoreUnavailableError("connection refused (test)")
+
+    ticks = _declared(svc, "/ticks/{symbol}", "GET")
+    symbols = store.symbols
+    store.symbols = down
+    try:
+        for via in ({}, {"via": "fastapi"}):
+            r = svc.get("/ticks/ITUB4", **via)  # not in memory: the store is asked
+            assert r.status_code == 503, r.text
+            assert r.headers["Retry-After"] == "5"  # HFT_PERSIST_RETRY_MAX_S, rounded up
+            assert r.json() == {
+                "detail": "the store is unavailable (connection refused (test)); retry in 5 s"
+            }
+            ticks.validate_response(r)
+        assert svc.get("/ticks/PETR4", limit=2).status_code == 200  # memory still answers
+    finally:
+        store.symbols = symbols
+
+
+def test_degraded_health_is_a_503_with_retry_after(svc):
+    health = _declared(svc, "/health", "GET")
+    r = svc.get("/health")
+    assert r.status_code == 200 and "Retry-After" not in r.headers
+    health.validate_response(r)
+    svc.service.feed_error = "RuntimeError: feed gone (test)"
+    try:
+        r = svc.get("/health")
+    finally:
+        svc.service.feed_error = None
+    assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+    assert r.json()["status"] == "degraded" and "feed gone" in r.json()["problems"][0]
+    health.validate_response(r)
