@@ -285,7 +285,14 @@ class IngestService:
             # No await between the snapshot and the persister's start: ingest runs on this
             # loop, so the appended count and the log end belong to the same instant.
             assert self.log is not None
-            start = self._attach_store(state)
+            try:
+                start = self._attach_store(state)
+            except Exception as exc:  # noqa: BLE001 - keep trying; /health shows why
+                log.exception("could not start persisting into the store")
+                self._store_down(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, STORE_CONNECT_MAX_S)
+                continue
             end, appended = self.log.end_offset, self._appended_since_start
             self._pending_base, self._appended_at_base = 0, appended
             offline = dict(self._subscriptions_offline)
