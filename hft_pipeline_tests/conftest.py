@@ -1,4 +1,4 @@
-"""Shared fixtures: a throw-away PostgreSQL database per test session, temp HFT_HOME."""
+"""Shared fixtures: a throw-away PostgreSQL database per test, temp HFT_HOME."""
 
 from __future__ import annotations
 
@@ -38,21 +38,6 @@ def pg_server_dsn() -> str:
             pytest.fail(f"CI=true requires PostgreSQL: {reason}")
         pytest.skip(reason)
     return dsn
-
-
-@pytest.fixture(scope="session")
-def pg_database(pg_server_dsn: str) -> Iterator[str]:
-    """DSN of a fresh database created for this test session and dropped afterwards."""
-    import psycopg
-
-    name = f"hft_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
-    try:
-        yield _with_dbname(pg_server_dsn, name)
-    finally:
-        with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
-            conn.execute(f'drop database if exists "{name}" with (force)')
 
 
 @pytest.fixture
