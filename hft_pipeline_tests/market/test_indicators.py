@@ -66,18 +66,47 @@ def test_vwap_rolling_and_session_match_pandas() -> None:
 
 
 def test_column_names_and_warmup_are_stable() -> None:
-    c = _candles(300, 4)
+    c = _candles(300, 4)  # crosses midnight UTC at bar 240
+    # Two volume-free stretches: 25 bars mid-day (the last 6 rolling 20-bar windows inside it
+    # hold no volume) and the first 5 bars of the new day (the new session has none yet).
+    c.iloc[100:125, c.columns.get_loc("volume")] = 0.0
+    c.iloc[240:245, c.columns.get_loc("volume")] = 0.0
     out = ind.compute(c)
     assert list(out.columns) == [
         "sma_20", "ema_20", "rsi_14", "macd_12_26_9", "macd_signal_12_26_9", "macd_hist_12_26_9",
         "bb_upper_20_2", "bb_middle_20_2", "bb_lower_20_2", "atr_14", "stoch_k_14_3_3",
         "stoch_d_14_3_3", "adx_14", "obv", "vwap_20", "vwap_session",
     ]  # fmt: skip
+    # After warm-up a VWAP is undefined exactly where its bars hold no volume (it divides by
+    # their volume); everywhere else it is a volume-weighted mean of typical prices, so it lies
+    # within their range.
+    tp = (c["high"] + c["low"] + c["close"]) / 3
+    day = c.index.floor("D")
+    no_volume = {
+        "vwap_20": c["volume"].rolling(20).sum() == 0,
+        "vwap_session": c["volume"].groupby(day).cumsum() == 0,
+    }
+    tp_range = {
+        "vwap_20": (tp.rolling(20).min(), tp.rolling(20).max()),
+        "vwap_session": (tp.groupby(day).cummin(), tp.groupby(day).cummax()),
+    }
+    assert no_volume["vwap_20"].iloc[119:125].all() and no_volume["vwap_20"].sum() == 6
+    assert no_volume["vwap_session"].iloc[240:245].all() and no_volume["vwap_session"].sum() == 5
     for name in ind.DEFAULT_INDICATORS:
         first_col = ind.indicator_columns(name)[0]
         w = ind.warmup_bars(name)
         assert out[first_col].iloc[:w].isna().all(), name
-        assert out[first_col].iloc[w:].notna().all() or name.startswith("vwap"), name
+        after = out[first_col].iloc[w:]
+        if name in no_volume:
+            pd.testing.assert_series_equal(
+                after.isna(), no_volume[name].iloc[w:], check_names=False, obj=name
+            )
+            low, high = (bound.iloc[w:][after.notna()] for bound in tp_range[name])
+            defined = after.dropna()
+            assert (defined >= low - 1e-9).all() and (defined <= high + 1e-9).all(), name
+        else:
+            assert after.notna().all(), name
+    assert set(no_volume) == {n for n in ind.DEFAULT_INDICATORS if n.startswith("vwap")}
     assert ind.warmup_bars("adx_14") == 27 and ind.warmup_bars("macd_12_26_9") == 33
     assert out["rsi_14"].dropna().between(0, 100).all()
 
