@@ -7,18 +7,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from hft_pipeline.market.ticks import TickBatch, is_valid_symbol
+from hft_pipeline.market.ticks import REJECT_REASONS, TickBatch, is_valid_symbol
 
-#: Every reason a tick can be rejected for, in the order they are checked.
-REJECT_REASONS: tuple[str, ...] = (
-    "bad_symbol",
-    "non_finite_price",
-    "non_positive_price",
-    "non_finite_volume",
-    "negative_volume",
-    "bad_timestamp",
-    "future_timestamp",
-)
+__all__ = ["REJECT_REASONS", "TickValidator"]
 
 
 class TickValidator:

@@ -16,6 +16,18 @@ SYMBOL_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,31}\Z")
 
 TICK_COLUMNS = ("ts", "seq", "price", "volume", "bid", "ask")
 
+#: Every reason an incoming tick can be rejected for, in the order they are checked: one
+#: definition for the validator that applies them and the metrics that count them.
+REJECT_REASONS: tuple[str, ...] = (
+    "bad_symbol",
+    "non_finite_price",
+    "non_positive_price",
+    "non_finite_volume",
+    "negative_volume",
+    "bad_timestamp",
+    "future_timestamp",
+)
+
 
 class InvalidSymbolError(ValueError):
     """A symbol name that would break partition keys, URLs or SQL identifiers."""

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from hft_pipeline.ingest.validation import REJECT_REASONS
+from hft_pipeline.market.ticks import REJECT_REASONS
 
 LATENCY_BUCKETS = (
     5e-6,
