@@ -300,13 +300,18 @@ def test_stored_candles_are_reused_once_final_and_refreshed_by_a_late_tick(tmp_p
         service = svc.service
         svc.wait(lambda: service.counters.accepted == 2000 and service.pending_ticks == 0)
         store_calls = []
-        candles = service.store.candles
 
-        def counted(*args):
-            store_calls.append(args)
-            return candles(*args)
+        def counted(read):
+            def call(*args):
+                store_calls.append(args)
+                return read(*args)
 
-        service.store.candles = counted
+            return call
+
+        # Stored candles come from either: aggregated ticks, or the stored 1m candles.
+        for name in ("candles", "minute_candles"):
+            if hasattr(service.store, name):
+                setattr(service.store, name, counted(getattr(service.store, name)))
 
         def answer() -> list[tuple]:
             body = svc.get("/ticks/PETR4", timeframe="1m", limit=1000, order="asc").json()
