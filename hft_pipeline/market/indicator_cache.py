@@ -1,9 +1,10 @@
 """Indicator cache: results keyed by indicator, parameters, symbols and a fingerprint of the input.
 
 The fingerprint hashes the raw numpy buffers (index, column labels and values) with xxh3-128,
-never a pickled frame. Entries live in an in-memory LRU bounded by bytes and, when a Redis URL is
-given (`HFT_REDIS_URL`), also in Redis with a TTL, so another process (a Dagster step) can reuse
-them. Values are copied in and out: a caller mutating what it got cannot corrupt the cache.
+never a pickled frame. Entries live in an in-memory LRU bounded by bytes and, when the cache is
+given a shared tier (`store.redis_cache` puts one in Redis), also there, so another process (a
+Dagster step) can reuse them. Values are copied in and out: a caller mutating what it got cannot
+corrupt the cache. This module does no I/O; the tier does.
 
 Keys read `<prefix><indicator>|,<sym>,<sym>,|<params json>|<fingerprint>`; symbols never contain
 `|` or `,` (see `ticks.validate_symbol`), so invalidation by symbol or indicator glob is exact.
@@ -13,18 +14,15 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import io
 import json
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import xxhash
 
 Value = pd.DataFrame | pd.Series | dict[str, pd.DataFrame]
@@ -81,45 +79,17 @@ def _copy(value: Value) -> Value:
     return value.copy(deep=True)
 
 
-# --- Redis serialization: Arrow IPC, not pickle (bytes from a shared server are not code) ------
+class SharedTier(Protocol):
+    """A second cache level other processes can read (e.g. `store.redis_cache.RedisTier`).
 
+    Keys are the cache's own keys, prefix included; `delete_matching` takes an fnmatch glob.
+    """
 
-def _encode(value: Value) -> bytes:
-    parts = value if isinstance(value, dict) else {"": value}
-    kind = "dict" if isinstance(value, dict) else type(value).__name__
-    header: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
-    for name, obj in parts.items():
-        is_series = isinstance(obj, pd.Series)
-        frame = obj.to_frame(name="__value__") if is_series else obj
-        table = pa.Table.from_pandas(frame, preserve_index=True)
-        sink = io.BytesIO()
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
-        blob = sink.getvalue()
-        header.append(
-            {"name": name, "series": is_series, "series_name": obj.name if is_series else None,
-             "size": len(blob)}
-        )  # fmt: skip
-        blobs.append(blob)
-    head = json.dumps({"kind": kind, "parts": header}).encode()
-    return len(head).to_bytes(4, "big") + head + b"".join(blobs)
+    def get(self, key: str) -> Value | None: ...
 
+    def put(self, key: str, value: Value) -> None: ...
 
-def _decode(raw: bytes) -> Value:
-    n = int.from_bytes(raw[:4], "big")
-    head = json.loads(raw[4 : 4 + n])
-    pos = 4 + n
-    out: dict[str, Any] = {}
-    for part in head["parts"]:
-        blob = raw[pos : pos + part["size"]]
-        pos += part["size"]
-        frame = pa.ipc.open_stream(blob).read_all().to_pandas()
-        if part["series"]:
-            out[part["name"]] = frame["__value__"].rename(part["series_name"])
-        else:
-            out[part["name"]] = frame
-    return out if head["kind"] == "dict" else out[""]
+    def delete_matching(self, pattern: str) -> int: ...
 
 
 @dataclass(slots=True)
@@ -129,7 +99,7 @@ class CacheStats:
     hits: int = 0
     misses: int = 0
     evictions: int = 0
-    redis_hits: int = 0
+    shared_hits: int = 0  # hits served by the shared tier (also counted in `hits`)
     entries: int = 0
     bytes: int = 0
 
@@ -140,38 +110,22 @@ class CacheStats:
 
 
 class IndicatorCache:
-    """Byte-bounded in-memory LRU, optionally backed by Redis with a TTL."""
+    """Byte-bounded in-memory LRU, optionally backed by a shared tier other processes read."""
 
     def __init__(
         self,
         max_bytes: int = 512 * 1024**2,
-        redis_url: str | None = None,
-        ttl_s: int = 3600,
+        shared: SharedTier | None = None,
         prefix: str = "hft:ind:",
     ) -> None:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be > 0")
         self.max_bytes = max_bytes
-        self.ttl_s = ttl_s
+        self.shared = shared
         self.prefix = prefix
         self._entries: OrderedDict[str, tuple[Value, int]] = OrderedDict()
         self._lock = threading.Lock()
         self._stats = CacheStats()
-        self._redis = None
-        if redis_url:
-            import redis  # only when configured: the in-memory cache needs no server
-
-            self._redis = redis.Redis.from_url(redis_url)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> IndicatorCache:
-        """Cache configured from `HFT_REDIS_URL`, `HFT_INDICATOR_CACHE_BYTES`, `HFT_INDICATOR_CACHE_TTL_S`."""
-        env = os.environ if env is None else env
-        if env.get("HFT_INDICATOR_CACHE_BYTES"):
-            kwargs.setdefault("max_bytes", int(env["HFT_INDICATOR_CACHE_BYTES"]))
-        if env.get("HFT_INDICATOR_CACHE_TTL_S"):
-            kwargs.setdefault("ttl_s", int(env["HFT_INDICATOR_CACHE_TTL_S"]))
-        return cls(redis_url=env.get("HFT_REDIS_URL") or None, **kwargs)
 
     # -- keys -------------------------------------------------------------------------------
 
@@ -190,7 +144,7 @@ class IndicatorCache:
         with self._lock:
             s = self._stats
             return CacheStats(
-                s.hits, s.misses, s.evictions, s.redis_hits, len(self._entries), s.bytes
+                s.hits, s.misses, s.evictions, s.shared_hits, len(self._entries), s.bytes
             )
 
     def get(self, key: str) -> Value | None:
@@ -201,25 +155,24 @@ class IndicatorCache:
                 self._entries.move_to_end(key)
                 self._stats.hits += 1
                 return _copy(entry[0])
-        if self._redis is not None:
-            raw = self._redis.get(key)
-            if raw is not None:
-                value = _decode(raw)
+        if self.shared is not None:
+            value = self.shared.get(key)
+            if value is not None:
                 self._remember(key, value)
                 with self._lock:
                     self._stats.hits += 1
-                    self._stats.redis_hits += 1
+                    self._stats.shared_hits += 1
                 return _copy(value)
         with self._lock:
             self._stats.misses += 1
         return None
 
     def put(self, key: str, value: Value) -> None:
-        """Store a private copy of `value` (memory, and Redis with TTL when configured)."""
+        """Store a private copy of `value` (in memory, and in the shared tier when there is one)."""
         stored = _copy(value)
         self._remember(key, stored)
-        if self._redis is not None:
-            self._redis.set(key, _encode(stored), ex=self.ttl_s)
+        if self.shared is not None:
+            self.shared.put(key, stored)
 
     def _remember(self, key: str, value: Value) -> None:
         size = _nbytes(value)
@@ -228,7 +181,7 @@ class IndicatorCache:
             if old is not None:
                 self._stats.bytes -= old[1]
             if size > self.max_bytes:
-                return  # larger than the whole budget: Redis may keep it, memory cannot
+                return  # larger than the whole budget: the shared tier may keep it, memory cannot
             self._entries[key] = (value, size)
             self._stats.bytes += size
             while self._stats.bytes > self.max_bytes:
@@ -257,14 +210,12 @@ class IndicatorCache:
                 _, size = self._entries.pop(key)
                 self._stats.bytes -= size
                 removed += 1
-        if self._redis is not None:
-            keys = list(self._redis.scan_iter(match=pattern, count=1000))
-            if keys:
-                removed += int(self._redis.delete(*keys))
+        if self.shared is not None:
+            removed += self.shared.delete_matching(pattern)
         return removed
 
     def clear(self) -> None:
-        """Drop every entry of this cache (memory and this prefix in Redis); keep the counters."""
+        """Drop every entry (in memory and this prefix's in the shared tier); keep the counters."""
         self.invalidate()
 
 
@@ -294,4 +245,4 @@ def _symbols_of(data: Any) -> list[str]:
     return ["_"]
 
 
-__all__ = ["CacheStats", "IndicatorCache", "cached_indicator", "fingerprint"]
+__all__ = ["CacheStats", "IndicatorCache", "SharedTier", "Value", "cached_indicator", "fingerprint"]

@@ -1,20 +1,14 @@
-"""Indicator cache: keys, LRU by bytes, stats, copies, invalidation, Redis round-trip."""
+"""Indicator cache in memory: keys, LRU by bytes, stats, copies, invalidation (Redis: store/)."""
 
 from __future__ import annotations
-
-import uuid
-from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
 import pytest
-import redis
 
 from hft_pipeline.market import indicators as ind
 from hft_pipeline.market.frames import to_wide
 from hft_pipeline.market.indicator_cache import IndicatorCache, cached_indicator, fingerprint
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def _candles(n: int = 200, seed: int = 0) -> pd.DataFrame:
@@ -103,42 +97,3 @@ def test_full_indicator_set_through_cache_equals_direct() -> None:
     for name, frame in direct.items():
         pd.testing.assert_frame_equal(got1[name], frame)
         pd.testing.assert_frame_equal(got2[name], frame)
-
-
-@pytest.fixture
-def redis_prefix() -> Iterator[str]:
-    prefix = f"hft-test:{uuid.uuid4().hex}:"
-    yield prefix
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=prefix + "*"))
-    if keys:
-        client.delete(*keys)
-
-
-def test_redis_round_trip_shared_between_instances_with_ttl(redis_prefix: str) -> None:
-    env = {"HFT_REDIS_URL": REDIS_URL, "HFT_INDICATOR_CACHE_TTL_S": "120"}
-    writer = IndicatorCache.from_env(env, prefix=redis_prefix)
-    reader = IndicatorCache.from_env(env, prefix=redis_prefix)  # another process, empty memory
-    wide = to_wide({"A": _candles(120, 3), "B": _candles(120, 4)})
-    value = ind.compute_wide(wide, ["sma_10", "macd_12_26_9"])
-    key = writer.key("set", {"n": 2}, ["A", "B"], fingerprint(wide))
-    writer.put(key, value)
-    series = wide["close"]["A"].rename("close_a")
-    writer.put(writer.key("close", {}, "A", "x"), series)
-
-    client = redis.Redis.from_url(REDIS_URL)
-    assert 0 < client.ttl(key) <= 120
-    got = reader.get(key)
-    assert reader.stats.redis_hits == 1 and reader.stats.hits == 1
-    assert sorted(got) == sorted(value)
-    for name in value:
-        pd.testing.assert_frame_equal(got[name], value[name], check_freq=False)
-    pd.testing.assert_series_equal(
-        reader.get(writer.key("close", {}, "A", "x")), series, check_freq=False
-    )
-    reader.get(key)  # now from memory
-    assert reader.stats.redis_hits == 2 and reader.stats.hits == 3
-
-    assert writer.invalidate(symbol="B") == 2  # memory entry + redis key
-    assert client.exists(key) == 0
-    assert IndicatorCache.from_env(env, prefix=redis_prefix).get(key) is None

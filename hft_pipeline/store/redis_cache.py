@@ -1,0 +1,97 @@
+"""The indicator cache's shared tier in Redis, and the process cache configured from `HFT_*`.
+
+Values cross the wire as Arrow IPC, not pickle: bytes from a shared server are not code. Each key
+expires after a TTL, so a Redis without an eviction policy cannot fill up with stale results.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import redis
+
+from hft_pipeline.market.indicator_cache import IndicatorCache, Value
+
+__all__ = ["RedisTier", "indicator_cache_from_env"]
+
+
+class RedisTier:
+    """`market.indicator_cache.SharedTier` on a Redis server: set with TTL, get, delete by glob."""
+
+    def __init__(self, url: str, ttl_s: int = 3600) -> None:
+        if ttl_s <= 0:
+            raise ValueError("ttl_s must be > 0 (seconds a cached result is kept in Redis)")
+        self.ttl_s = ttl_s
+        self._client = redis.Redis.from_url(url)
+
+    def get(self, key: str) -> Value | None:
+        raw = self._client.get(key)
+        return None if raw is None else decode(raw)
+
+    def put(self, key: str, value: Value) -> None:
+        self._client.set(key, encode(value), ex=self.ttl_s)
+
+    def delete_matching(self, pattern: str) -> int:
+        keys = list(self._client.scan_iter(match=pattern, count=1000))
+        return int(self._client.delete(*keys)) if keys else 0
+
+
+def indicator_cache_from_env(env: Mapping[str, str] | None = None, **kwargs: Any) -> IndicatorCache:
+    """The cache `HFT_INDICATOR_CACHE_BYTES` sizes, in Redis too when `HFT_REDIS_URL` is set.
+
+    `HFT_INDICATOR_CACHE_TTL_S` is the Redis TTL (default 3600 s); `kwargs` go to IndicatorCache.
+    """
+    env = os.environ if env is None else env
+    if env.get("HFT_INDICATOR_CACHE_BYTES"):
+        kwargs.setdefault("max_bytes", int(env["HFT_INDICATOR_CACHE_BYTES"]))
+    url = env.get("HFT_REDIS_URL")
+    if url:
+        ttl_s = int(env.get("HFT_INDICATOR_CACHE_TTL_S") or 3600)
+        kwargs.setdefault("shared", RedisTier(url, ttl_s=ttl_s))
+    return IndicatorCache(**kwargs)
+
+
+def encode(value: Value) -> bytes:
+    """A frame, series or {name: frame} as a JSON header (length-prefixed) + Arrow IPC streams."""
+    parts = value if isinstance(value, dict) else {"": value}
+    kind = "dict" if isinstance(value, dict) else type(value).__name__
+    header: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, obj in parts.items():
+        is_series = isinstance(obj, pd.Series)
+        frame = obj.to_frame(name="__value__") if is_series else obj
+        table = pa.Table.from_pandas(frame, preserve_index=True)
+        sink = io.BytesIO()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        blob = sink.getvalue()
+        header.append(
+            {"name": name, "series": is_series, "series_name": obj.name if is_series else None,
+             "size": len(blob)}
+        )  # fmt: skip
+        blobs.append(blob)
+    head = json.dumps({"kind": kind, "parts": header}).encode()
+    return len(head).to_bytes(4, "big") + head + b"".join(blobs)
+
+
+def decode(raw: bytes) -> Value:
+    """The value `encode` wrote."""
+    n = int.from_bytes(raw[:4], "big")
+    head = json.loads(raw[4 : 4 + n])
+    pos = 4 + n
+    out: dict[str, Any] = {}
+    for part in head["parts"]:
+        blob = raw[pos : pos + part["size"]]
+        pos += part["size"]
+        frame = pa.ipc.open_stream(blob).read_all().to_pandas()
+        if part["series"]:
+            out[part["name"]] = frame["__value__"].rename(part["series_name"])
+        else:
+            out[part["name"]] = frame
+    return out if head["kind"] == "dict" else out[""]
