@@ -102,9 +102,11 @@ class TornTail:
 class DamagedSpan:
     """Bytes of a segment in which no valid record starts, found on open and skipped by reads.
 
-    kind "corrupt": records failing their framing or CRC check; "missing": the segment file ends
-    before the next segment's base (bytes never reached the disk); "overlap": the file holds bytes
-    past the next segment's base, which no offset can address (offset == end, `bytes` counts them).
+    kind "corrupt": records failing their framing or CRC check; "shifted": the same, but intact
+    records sit at unaligned positions inside (bytes were inserted or deleted; they stay on disk,
+    unread); "missing": the segment file ends before the next segment's base (bytes never reached
+    the disk); "overlap": the file holds bytes past the next segment's base, which no offset can
+    address (offset == end, `bytes` counts them).
     """
 
     segment: str  # file name of the segment holding the span
@@ -325,10 +327,11 @@ def _census(
     `avail` (before `stop` when bytes are missing). Ticks are summed only when the records'
     declared sizes tile the region exactly, so a number is never a guess."""
     readable = min(stop, avail)
+    # Any position, not only aligned ones: shifted records are counted too.
     headers = sum(
         1
         for q in _magic_positions(data, start, readable)
-        if q % 8 == 0 and readable - q >= HEADER_SIZE and _check_header(view, q) >= 0
+        if readable - q >= HEADER_SIZE and _check_header(view, q) >= 0
     )
     ticks, steps, pos = 0, 0, start
     while pos < stop:
@@ -565,6 +568,10 @@ class TickLog:
 
                     def span(start: int, stop: int, kind: str = "corrupt") -> DamagedSpan:
                         records, ticks = _census(data, view, start, stop, limit)
+                        if kind == "corrupt" and _misaligned_records(
+                            data, view, start, min(stop, limit)
+                        ):
+                            kind = "shifted"
                         return DamagedSpan(
                             name, base + start, base + stop, stop - start, records, ticks, kind
                         )
@@ -687,6 +694,8 @@ class TickLog:
 
     def acknowledge_damage(self) -> int:
         """Mark every known damaged span acknowledged, durably; returns how many were new."""
+        if self._closed:
+            raise TickLogError(f"tick log {self.directory} is closed")
         with self._state_lock:
             new = {s.key for s in self._damaged} - self._acked
             if new:

@@ -177,6 +177,34 @@ def test_garbage_inserted_in_the_tail_segment_is_skipped_and_later_records_are_k
         assert_never_inside(nexts, log.damaged)
 
 
+def test_bytes_inserted_off_the_8_byte_grid_are_never_cut_from_the_tail_segment(
+    tmp_path: Path,
+) -> None:
+    # The resync looks at 8-aligned positions only, so records shifted by 5 bytes cannot be
+    # read; they are intact, so the region is kept on disk and reported, not cut as a torn tail.
+    rng = np.random.default_rng(40)
+    sizes = [int(n) for n in rng.integers(1, 50, 30)]
+    batches = batches_with_seqs(rng, sizes)
+    offsets, _ = write_log(tmp_path, batches)
+    path = tmp_path / seg_name(0)
+    raw = path.read_bytes()
+    k = 20
+    path.write_bytes(raw[: offsets[k]] + b"\x00" * 5 + raw[offsets[k] :])
+    with TickLog(tmp_path, fsync="off") as log:
+        assert log.torn is None and log.truncated_bytes == 0
+        assert log.end_offset == offsets[-1] + 5 == path.stat().st_size
+        (span,) = log.damaged
+        assert (span.offset, span.end, span.kind) == (offsets[k], offsets[-1] + 5, "shifted")
+        assert (span.records, span.ticks) == (len(sizes) - k, None)  # every shifted header
+        got, _ = replay_all(log)
+        assert_same_ticks(got, concat_batches(batches[:k]))
+        extra = make_batch(rng, 4, first_seq=sum(sizes))
+        end = log.append(extra)
+        batch, nxt = log.read(offsets[k - 1], 10**6)
+        assert_same_ticks(batch, concat_batches([batches[k - 1], extra]))
+        assert nxt == end
+
+
 def test_garbage_over_records_of_an_older_segment_is_one_span_with_its_header_count(
     tmp_path: Path,
 ) -> None:
