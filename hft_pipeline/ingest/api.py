@@ -6,7 +6,6 @@ lock is needed; store queries run in worker threads and fill what memory does no
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 import secrets
@@ -30,10 +29,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hft_pipeline import __version__
+from hft_pipeline.ingest.admission import StoreGate, WatchDisconnect
 from hft_pipeline.ingest.service import IngestService
 from hft_pipeline.market.ticks import SYMBOL_PATTERN, SYMBOL_REGEX, validate_symbol
 from hft_pipeline.market.timeframes import ALL_TIMEFRAMES, TIMEFRAMES, bucket_start, timeframe_ns
-from hft_pipeline.store.base import StoreUnavailableError
+from hft_pipeline.store.base import StoreUnavailableError, TickStore
 
 MAX_LIMIT = 100_000
 RAW_FIELDS = ("ts", "seq", "price", "volume")
@@ -345,14 +345,30 @@ class _StoredCandles:
     rows: int = 0
 
 
+_MINUTE_NS = timeframe_ns("1m")
+
+
+def _stored_candles(
+    store: TickStore, symbol: str, tf: str, start: int | None, end: int | None, limit: int,
+    descending: bool,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Stored candles as columns: 1m and coarser read from the stored 1m candles (an index read,
+    docs/candles.md), finer ones aggregated from the stored ticks."""
+    read = store.minute_candles if timeframe_ns(tf) >= _MINUTE_NS else store.candles
+    return _frame_columns(read(symbol, tf, start, end, limit, descending), CANDLE_FIELDS)
+
+
 class TickQueries:
     """Answers /ticks: memory serves what it holds completely, the store the rest.
 
+    Every store query goes through `gate` (admission control, docs/candles.md): a bounded number
+    run at once on their own threads, the rest wait briefly or get a 429, and an abandoned one is
+    cancelled in the store, so API load never starves the persister.
+
     Stored candles older than what memory completes are cached once final (see _StoredCandles):
-    without it, every /ticks?timeframe=1m aggregated the symbol's first minute in the store.
-    The cache assumes this process's persister is the only writer of its symbols' ticks (one
-    ingest process per symbol, DESIGN §3); any late tick empties it, as the live candles count
-    late ticks over all symbols.
+    encoding is most of an answer's cost. The cache assumes this process's persister is the
+    only writer of its symbols' ticks (one ingest process per symbol, DESIGN §3); any late tick
+    empties it, as the live candles count late ticks over all symbols.
     """
 
     #: Bounds of the stored-candles cache (entries, candles over all entries): oldest go first.
@@ -364,6 +380,22 @@ class TickQueries:
         self._stored: dict[tuple, _StoredCandles] = {}
         self._stored_rows = 0
         self._late_seen = service.candles.late_total
+        s = service.settings
+        self.gate = StoreGate(
+            max_running=s.api_store_queries,
+            max_waiting=s.api_store_queue,
+            max_wait_s=s.api_store_wait_ms / 1000,
+            timeout_s=s.api_store_timeout_s,
+        )
+
+    async def _in_store(self, call: Callable[[TickStore], Any]) -> Any:
+        """`call(store)` on a store-query thread, under admission control."""
+        store = self.service.store
+        return await self.gate.run(store, call, store)
+
+    async def has_stored(self, symbol: str) -> bool:
+        """Whether the store holds ticks of `symbol`."""
+        return symbol in await self._in_store(lambda store: store.symbols())
 
     async def raw(
         self, symbol: str, start: int | None, end: int | None, limit: int, descending: bool
@@ -384,10 +416,11 @@ class TickQueries:
         return {f: v[:limit] for f, v in merged.items()}, "memory+store"
 
     async def _stored_raw(self, symbol, start, end, limit, descending) -> dict[str, np.ndarray]:
-        frame = await asyncio.to_thread(
-            self.service.store.read_ticks, symbol, start, end, limit, descending
+        return await self._in_store(
+            lambda store: _frame_columns(
+                store.read_ticks(symbol, start, end, limit, descending), RAW_FIELDS
+            )
         )
-        return _frame_columns(frame, RAW_FIELDS)
 
     async def candle_rows(
         self, symbol: str, tf: str, start: int | None, end: int | None, limit: int, descending: bool
@@ -396,16 +429,17 @@ class TickQueries:
         live = self.service.candles
         complete_from = live.complete_from(symbol, tf)
         if complete_from is None:
-            stored = await self._stored_candles(symbol, tf, start, end, limit, descending)
-            # Closed as live candles are: once a later tick of the symbol exists.
-            newest = await asyncio.to_thread(
-                self.service.store.read_ticks, symbol, None, None, 1, True
-            )
-            forming = (
-                bucket_start(int(newest["ts"].iloc[0]), timeframe_ns(tf)) if len(newest) else 0
-            )
-            stored["closed"] = stored["ts"] < forming
-            return _encode_rows(stored, CandleRow), "store"
+
+            def only_stored(store: TickStore) -> list[bytes]:
+                stored = _stored_candles(store, symbol, tf, start, end, limit, descending)
+                # Closed as live candles are: once a later tick of the symbol exists.
+                newest = store.read_ticks(symbol, None, None, 1, True)
+                tf_ns = timeframe_ns(tf)
+                forming = bucket_start(int(newest["ts"].iloc[0]), tf_ns) if len(newest) else 0
+                stored["closed"] = stored["ts"] < forming
+                return _encode_rows(stored, CandleRow)
+
+            return await self._in_store(only_stored), "store"
         lo = complete_from if start is None else max(start, complete_from)
         frame = live.candles(symbol, tf, lo, end, limit, descending)
         memory = _frame_columns(frame, CANDLE_FIELDS)
@@ -419,12 +453,6 @@ class TickQueries:
         stored_rows = await self._final_stored_rows(symbol, tf, start, store_end, limit, descending)
         rows = memory_rows + stored_rows if descending else stored_rows + memory_rows
         return rows[:limit], "memory+store"
-
-    async def _stored_candles(self, symbol, tf, start, end, limit, descending):
-        frame = await asyncio.to_thread(
-            self.service.store.candles, symbol, tf, start, end, limit, descending
-        )
-        return _frame_columns(frame, CANDLE_FIELDS)
 
     async def _final_stored_rows(
         self, symbol: str, tf: str, start: int | None, end: int, limit: int, descending: bool
@@ -455,9 +483,16 @@ class TickQueries:
         settled = (
             entry is not None and persister is not None and persister.offset >= entry.settle_offset
         )
-        stored = await self._stored_candles(symbol, tf, start, end, limit, descending)
-        stored["closed"] = np.ones(len(stored["ts"]), bool)  # memory holds later ticks
-        encoded = _encode_rows(stored, CandleRow)
+        # Closed once a later tick exists: memory's newest tick is in its finest forming bucket.
+        # (The bucket memory does not complete can be the forming one, e.g. the first hour.)
+        forming, tf_ns = self._finest_forming(symbol), timeframe_ns(tf)
+
+        def closed_rows(store: TickStore) -> list[bytes]:
+            stored = _stored_candles(store, symbol, tf, start, end, limit, descending)
+            stored["closed"] = stored["ts"] + tf_ns <= forming
+            return _encode_rows(stored, CandleRow)
+
+        encoded = await self._in_store(closed_rows)
         if settled and service.candles.late_total == late and self._stored.get(key) is entry:
             entry.encoded, entry.rows = encoded, len(encoded)
             self._stored_rows += entry.rows
@@ -712,6 +747,14 @@ def create_app(service: IngestService) -> FastAPI:
         service.unsubscribe(request.symbol)
         return {"status": "unsubscribed", "symbol": request.symbol}
 
+    @mutating.post("/log/acknowledge", responses=_errors(*unauthorized))
+    async def acknowledge_log_damage() -> dict[str, Any]:
+        """Acknowledge the damaged spans of the tick log found on start (docs/durability.md):
+        /health stops reporting them; /status keeps listing them while their segment exists."""
+        acknowledged = service.acknowledge_log_damage()  # one small fsynced file
+        report = service.status()["log"]["damage"]
+        return {"acknowledged": acknowledged, **report}
+
     app.include_router(mutating)
 
     @app.get("/subscriptions")
@@ -734,7 +777,7 @@ def create_app(service: IngestService) -> FastAPI:
         """The /ticks body for validated parameters (see `parse_range`); HTTPException for what
         they cannot answer."""
         known = symbol in service.exchanges or service.buffers.count(symbol) > 0
-        if not known and symbol not in await asyncio.to_thread(service.store.symbols):
+        if not known and not await queries.has_stored(symbol):
             raise HTTPException(404, f"no subscription and no stored ticks for {symbol}")
         descending = order == "desc"
         if timeframe == "raw":
@@ -751,6 +794,7 @@ def create_app(service: IngestService) -> FastAPI:
         return msgspec.json.encode(body)
 
     app.add_middleware(TicksFastPath, answer=answer_ticks, handlers=EXCEPTION_HANDLERS)
+    app.add_middleware(WatchDisconnect)  # outside the fast path: its store queries see it
 
     @app.get(
         "/ticks/{symbol}",

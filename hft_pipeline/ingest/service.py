@@ -23,7 +23,7 @@ from hft_pipeline.ingest.persister import Persister
 from hft_pipeline.ingest.sequencer import Sequencer, SilenceDetector
 from hft_pipeline.ingest.ticklog import TickLog, TickLogError
 from hft_pipeline.ingest.validation import TickValidator
-from hft_pipeline.market.ticks import SymbolIndex, TickBatch, validate_symbol
+from hft_pipeline.market.ticks import SymbolIndex, TickBatch, is_valid_symbol, validate_symbol
 from hft_pipeline.observability.metrics import IngestMetrics
 from hft_pipeline.observability.redaction import redact, redact_url, register_url
 from hft_pipeline.settings import Settings
@@ -211,6 +211,12 @@ class IngestService:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure to reach/migrate: retry later
             raise StoreUnavailableError(f"{type(exc).__name__}: {exc}") from exc
+        valid = [sub for sub in subscriptions if is_valid_symbol(sub.symbol)]
+        for sub in subscriptions:
+            if not is_valid_symbol(sub.symbol):
+                # Stored before symbols were fully matched (e.g. "NAME\n"): never served.
+                log.warning("ignoring stored subscription %r: not a valid symbol", sub.symbol)
+        subscriptions = valid
         resume: dict[str, ResumePoint] = {}
         for sub in subscriptions:
             if sub.symbol not in self.buffers:
