@@ -218,7 +218,12 @@ class Persister:
                 # its position for a start while the store is down.
                 if self.checkpoint is not None:
                     self.checkpoint.save()
+                # A store whose commits are not fsynced one by one (SQLite with
+                # synchronous=normal) must make them durable before the log lets go of them.
+                durable = getattr(self.store, "make_durable", None)
+                if durable is not None:
+                    durable()
                 self.log.retain(self.offset)
-            except OSError:
-                log.exception("persister: log retention failed")
+            except (OSError, StoreUnavailableError):
+                log.exception("persister: log retention failed; segments kept")
                 self.metrics.errors.labels("retention").inc()

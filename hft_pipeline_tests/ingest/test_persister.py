@@ -215,3 +215,58 @@ def test_max_batch_below_batch_size_is_refused(tmp_path):
     with pytest.raises(ValueError, match="max_batch"):
         Persister(log, None, batch_size=2000, max_batch=100)
     log.close()
+
+
+def test_retention_makes_the_store_durable_and_saves_the_checkpoint_before_deleting(tmp_path):
+    """SQLite commits with synchronous=normal are not fsynced: a segment may go only after a
+    checkpoint made the store durable, and the resume checkpoint holds its last ticks."""
+    from hft_pipeline.ingest import persister as persister_module
+    from hft_pipeline.ingest.checkpoint import Checkpoint
+
+    events: list[str] = []
+
+    class Recording(SqliteStore):
+        def make_durable(self) -> None:
+            events.append("durable")
+            super().make_durable()
+
+    class RecordingLog(TickLog):
+        def retain(self, persisted_offset: int) -> int:
+            deleted = super().retain(persisted_offset)
+            events.append(f"retain:{deleted}")
+            return deleted
+
+    store = Recording(tmp_path / "s.sqlite3")
+    store.migrate()
+    checkpoint = Checkpoint(tmp_path / "checkpoint.json")
+    saved = checkpoint.save
+
+    def save() -> None:
+        events.append("checkpoint")
+        saved()
+
+    checkpoint.save = save
+    old_interval = persister_module.RETENTION_INTERVAL_S
+    persister_module.RETENTION_INTERVAL_S = 0.0
+    try:
+        with RecordingLog(tmp_path / "log", segment_bytes=20_000) as log:
+            p = Persister(log, store, batch_size=100, batch_timeout_s=0.01, checkpoint=checkpoint)
+            p.start(0)
+            for b in batches(20, 333):
+                log.append(b)
+                p.notify()
+            deadline = time.monotonic() + 30
+            while p.offset < log.end_offset and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert p.stop(10)
+    finally:
+        persister_module.RETENTION_INTERVAL_S = old_interval
+    deleting = [i for i, e in enumerate(events) if e.startswith("retain:") and e != "retain:0"]
+    assert deleting, events
+    for i in deleting:
+        assert events[i - 2 : i] == ["checkpoint", "durable"], events[: i + 1]
+    loaded = Checkpoint.load(tmp_path)
+    assert loaded.last_seqs() == {
+        s: int(v) for s, v in stored(store).groupby("symbol").seq.max().items()
+    }
+    store.close()
