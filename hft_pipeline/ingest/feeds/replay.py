@@ -334,26 +334,33 @@ def _timestamps(values: pd.Series, path: Path) -> tuple[np.ndarray, np.ndarray]:
     if pd.api.types.is_integer_dtype(dtype):
         missing = values.isna().to_numpy()
         return values.to_numpy(dtype=np.int64, na_value=0), missing
-    try:  # fast path: all cells integer text
-        return values.astype(np.int64).to_numpy(), np.zeros(len(values), bool)
-    except (ValueError, TypeError, OverflowError):
-        pass
-    ns = np.zeros(len(values), np.int64)
-    bad = np.ones(len(values), bool)
-    where = np.flatnonzero(values.notna().to_numpy())  # positions: chunks keep the file's index
-    text = values.iloc[where].astype(str).str.strip()
-    is_int = text.str.fullmatch(_INTEGER_TEXT).to_numpy(dtype=bool)
-    ints, ok = _exact_ints(text[is_int])
-    ns[where[is_int]] = ints
-    bad[where[is_int]] = ~ok
-    iso = text[~is_int]
-    if len(iso):
-        stamps = pd.to_datetime(iso, utc=True, format="ISO8601", errors="coerce")
+    ns, ok, rest, text = _integer_text(values)
+    if len(rest):
+        stamps = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
         good = stamps.notna().to_numpy()
         stamps = stamps.dt.tz_localize(None).astype("datetime64[ns]")
-        ns[where[~is_int][good]] = stamps.to_numpy().view(np.int64)[good]
-        bad[where[~is_int][good]] = False
-    return ns, bad
+        ns[rest[good]] = stamps.to_numpy().view(np.int64)[good]
+        ok[rest[good]] = True
+    return ns, ~ok
+
+
+def _integer_text(values: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.Series]:
+    """The integer cells of a text column, exact: (int64 per row, ok mask, positions and text
+    of the other non-empty cells). Empty cells are neither."""
+    n = len(values)
+    ints, ok = np.zeros(n, np.int64), np.zeros(n, bool)
+    present = np.flatnonzero(values.notna().to_numpy())  # positions: chunks keep the file's index
+    cells = values.iloc[present]
+    try:  # fast path: every non-empty cell is integer text
+        ints[present] = cells.astype(np.int64).to_numpy()
+        ok[present] = True
+        return ints, ok, np.empty(0, np.int64), cells.iloc[:0]
+    except (ValueError, TypeError, OverflowError):
+        pass
+    text = cells.astype(str).str.strip()
+    is_int = text.str.fullmatch(_INTEGER_TEXT).to_numpy(dtype=bool)
+    ints[present[is_int]], ok[present[is_int]] = _exact_ints(text[is_int])
+    return ints, ok, present[~is_int], text[~is_int]
 
 
 def _exact_ints(text: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -396,31 +403,19 @@ def _seqs(values: pd.Series, path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise _type_error(path, "seq", values, "must hold whole numbers")
     if pd.api.types.is_integer_dtype(dtype):
         return values.to_numpy(dtype=np.int64, na_value=0), values.isna().to_numpy()
-    if not pd.api.types.is_float_dtype(dtype):
-        try:  # fast path: all cells integer text
-            return values.astype(np.int64).to_numpy(), np.zeros(n, bool)
-        except (ValueError, TypeError, OverflowError):
-            pass
-    seq = np.zeros(n, np.int64)
-    bad = np.ones(n, bool)
     if pd.api.types.is_float_dtype(dtype):
+        seq, ok = np.zeros(n, np.int64), np.zeros(n, bool)
         floats, where = values.to_numpy(np.float64, na_value=np.nan), np.arange(n)
     else:
-        where = np.flatnonzero(values.notna().to_numpy())
-        text = values.iloc[where].astype(str).str.strip()
-        is_int = text.str.fullmatch(_INTEGER_TEXT).to_numpy(dtype=bool)
-        ints, ok = _exact_ints(text[is_int])
-        seq[where[is_int]] = ints
-        bad[where[is_int]] = ~ok
-        floats = pd.to_numeric(text[~is_int], errors="coerce").to_numpy(np.float64)
-        where = where[~is_int]
+        seq, ok, where, text = _integer_text(values)
+        floats = pd.to_numeric(text, errors="coerce").to_numpy(np.float64)
     # "12.0" is 12; fractions, NaN and floats too large to be exact are bad.
     whole = (
         np.isfinite(floats) & (floats == np.floor(floats)) & (np.abs(floats) <= _MAX_EXACT_FLOAT)
     )
     seq[where[whole]] = floats[whole].astype(np.int64)
-    bad[where[whole]] = False
-    return seq, bad
+    ok[where[whole]] = True
+    return seq, ~ok
 
 
 def read_tick_file(
