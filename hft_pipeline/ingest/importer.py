@@ -31,8 +31,9 @@ from hft_pipeline.market.ticks import SymbolIndex, TickBatch
 from hft_pipeline.settings import Settings
 from hft_pipeline.store.base import TickStore
 
-#: Valid rows sorted in memory at once (~130 bytes each while sorting); a file with more
-#: valid rows spills sorted runs of this size to disk (60 bytes a row) and merges them.
+#: Valid rows sorted in memory at once (60 bytes each staged, ~145 while a run is sorted and
+#: written); a file with more valid rows spills sorted runs of this size to disk (60 bytes a
+#: row) and merges them back.
 SORT_RUN_ROWS = 1_000_000
 #: Rows per batch handed to the service (one tick-log record).
 INGEST_BATCH_ROWS = DEFAULT_CHUNK_ROWS
@@ -351,42 +352,46 @@ class _SortedRuns:
         self.directory = directory
         self.run_rows = max(1, int(run_rows))
         self.rows = 0
-        self._pending: list[np.ndarray] = []
-        self._pending_rows = 0
+        # Rows are copied into one buffer as they come: no concatenation of chunks later.
+        self._buffer = np.empty(0, _ROWS)
+        self._filled = 0
         self._runs: list[Path] = []
 
     def add(self, rows: np.ndarray) -> None:
-        self._pending.append(rows)
-        self._pending_rows += len(rows)
+        need = self._filled + len(rows)
+        if need > len(self._buffer):
+            grown = np.empty(max(need, self.run_rows + len(rows)), _ROWS)
+            grown[: self._filled] = self._buffer[: self._filled]
+            self._buffer = grown
+        self._buffer[self._filled : need] = rows
+        self._filled = need
         self.rows += len(rows)
-        if self._pending_rows >= self.run_rows:
+        if self._filled >= self.run_rows:
             self._spill()
 
     def blocks(self, block_rows: int) -> Iterator[np.ndarray]:
         """All rows in order, in blocks of at most about `block_rows`."""
         if not self._runs:
-            run = self._sorted_pending()
-            for lo in range(0, len(run), block_rows):
-                yield run[lo : lo + block_rows]
+            staged = self._buffer[: self._filled]
+            order = _sort_order(staged, self.key)
+            for lo in range(0, len(order), block_rows):
+                yield staged[order[lo : lo + block_rows]]
             return
-        if self._pending:
+        if self._filled:
             self._spill()
         runs = [np.load(p, mmap_mode="r") for p in self._runs]
         yield from _merge(runs, self.key, block_rows)
 
     def close(self) -> None:
-        self._pending = []
+        self._buffer, self._filled = np.empty(0, _ROWS), 0
         shutil.rmtree(self.directory, ignore_errors=True)
-
-    def _sorted_pending(self) -> np.ndarray:
-        run = np.concatenate(self._pending) if self._pending else np.empty(0, _ROWS)
-        self._pending, self._pending_rows = [], 0
-        return run[_sort_order(run, self.key)]
 
     def _spill(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"run-{len(self._runs):06d}.npy"
-        np.save(path, self._sorted_pending())
+        staged = self._buffer[: self._filled]
+        np.save(path, staged[_sort_order(staged, self.key)])
+        self._filled = 0
         self._runs.append(path)
 
 
