@@ -18,14 +18,17 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/hft up
 
+# One numba cache for the whole suite: each `hft ingest` a test starts has a home of its own and
+# would otherwise compile the live-candle kernel again (1-2 s) in every one of them.
+# The import-layer contracts run inside the suite (hft_pipeline_tests/test_layers.py).
 test: $(STAMP)
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	NUMBA_CACHE_DIR="$${NUMBA_CACHE_DIR:-$(CURDIR)/.hft/numba-cache}" $(VENV)/bin/pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) .hft

@@ -16,6 +16,8 @@ import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
+from hft_pipeline.runtime import configure_numba_cache
+
 HERE = Path(__file__).parent
 MODULES = (
     "ingest_core",
@@ -126,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-results-md", action="store_true", help="do not rewrite RESULTS.md")
     args = parser.parse_args(argv)
     names = args.names or list(MODULES)
+    # Before a benchmark module imports numba, which reads it only then; children inherit it.
+    configure_numba_cache()
     unknown = set(names) - set(MODULES)
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")

@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from hft_pipeline.runtime import configure_numba_cache
 from hft_pipeline.settings import Settings, SettingsError
 
 #: `hft up`'s default simulator history on a fresh store: two complete hourly partitions.
@@ -148,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Before any command imports numba (live candles, vectorbt): numba reads it only then.
+    configure_numba_cache(getattr(args, "home", None))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -25,30 +25,24 @@ Metrics (`metrics`), from the equity curve V_0..V_n (V_-1 = initial cash), bar r
 Cold start: Dagster runs each step in a fresh process and vectorbt's numba JIT costs ~20 s there.
 We use the `vectorbt-rust` engine (compiled, same vectorbt version line) for the simulation and
 compute the metrics ourselves in numpy, so no numba kernel is compiled on the hot path. Numba
-remains a fallback for calls the Rust engine does not support; for those, `NUMBA_CACHE_DIR` is
-pointed at a persistent directory (`$HFT_HOME/numba-cache`) before vectorbt is imported, so a
-fresh process loads compiled code instead of recompiling it.
+remains a fallback for calls the Rust engine does not support; for those, each process's entry
+point (the `hft` CLI, the Dagster code location, the benchmarks) points `NUMBA_CACHE_DIR` at
+`$HFT_HOME/numba-cache` with `hft_pipeline.runtime.configure_numba_cache` before numba is first
+imported, so a fresh process loads compiled code instead of recompiling it. Importing this module
+changes nothing in the process.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import vectorbt as vbt
+from vectorbt._engine import is_rust_available
 
-# Must happen before numba is imported (vectorbt imports it); an explicit env value wins.
-os.environ.setdefault(
-    "NUMBA_CACHE_DIR", str(Path(os.environ.get("HFT_HOME", ".hft")).resolve() / "numba-cache")
-)
-
-import vectorbt as vbt  # noqa: E402
-from vectorbt._engine import is_rust_available  # noqa: E402
-
-from hft_pipeline.market.frames import Wide  # noqa: E402
+from hft_pipeline.market.frames import Wide
 
 FILL_TIMINGS: tuple[str, ...] = ("next_open", "close")
 
