@@ -27,6 +27,12 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 8002
     api_token: str = ""
+    # API store queries (docs/candles.md): at most this many at once, this many more waiting
+    # (each up to api_store_wait_ms, else 429), each cancelled after api_store_timeout_s (503).
+    api_store_queries: int = 2
+    api_store_queue: int = 32
+    api_store_wait_ms: int = 1000
+    api_store_timeout_s: float = 5.0
     # Ring buffers: per-symbol capacity, bounded globally by a memory budget.
     buffer_capacity: int = 5_000_000
     buffer_max_bytes: int = 2 * 1024**3
