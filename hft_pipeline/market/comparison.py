@@ -2,16 +2,14 @@
 
 `sweep` runs one strategy's grid over every symbol as the columns of vectorbt simulations, split
 into chunks so memory is bounded by `max_bytes`, not by the grid size. `compare_strategies`
-ranks the best parameter set per (strategy, symbol) and keeps their equity and drawdown curves;
-`render_figures` draws equity curves, underwater curves and one parameter heatmap per strategy
-to PNG files (matplotlib, headless Agg) for Dagster metadata.
+ranks the best parameter set per (strategy, symbol) and keeps their equity and drawdown curves
+(figures of them are drawn where they are shown).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -141,79 +139,10 @@ def compare_strategies(
     )
 
 
-def render_figures(result: ComparisonResult, out_dir: Path | str) -> dict[str, Path]:
-    """Write equity, underwater and per-strategy heatmap PNGs; return {figure name: path}."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless: Dagster workers have no display
-    import matplotlib.pyplot as plt
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Path] = {}
-    growth = result.equity / result.init_cash
-    by_strategy = growth.T.groupby(level="strategy", sort=False).mean().T
-    n_symbols = growth.columns.get_level_values("symbol").nunique()
-    title_suffix = f" (mean of best runs over {n_symbols} symbols)" if n_symbols > 1 else ""
-
-    fig, ax = plt.subplots(figsize=(10, 5), dpi=110)
-    for name in by_strategy.columns:
-        ax.plot(by_strategy.index, by_strategy[name], label=name, linewidth=1.4)
-    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
-    ax.set(title="Equity growth of best parameters" + title_suffix, ylabel="equity / initial cash")
-    ax.legend(loc="best")
-    ax.grid(alpha=0.3)
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    paths["equity_curves"] = out / "equity_curves.png"
-    fig.savefig(paths["equity_curves"])
-    plt.close(fig)
-
-    underwater = by_strategy / by_strategy.cummax() - 1.0
-    fig, ax = plt.subplots(figsize=(10, 4), dpi=110)
-    for name in underwater.columns:
-        ax.fill_between(underwater.index, underwater[name] * 100, 0, alpha=0.35, label=name)
-    ax.set(title="Underwater (drawdown from peak)" + title_suffix, ylabel="drawdown [%]")
-    ax.legend(loc="lower left")
-    ax.grid(alpha=0.3)
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    paths["drawdown"] = out / "drawdown.png"
-    fig.savefig(paths["drawdown"])
-    plt.close(fig)
-
-    for name, table in result.runs.items():
-        params = list(get_strategy(name).defaults)
-        varying = [p for p in params if table[p].nunique() > 1] or params[:1]
-        rows, cols = varying[0], (varying[1] if len(varying) > 1 else None)
-        # Mean over symbols (and over any further parameters): how robust each cell is.
-        heat = table.groupby([rows, cols] if cols else [rows])[result.rank_by].mean()
-        grid = heat.unstack(cols) if cols else heat.to_frame(result.rank_by)
-        fig, ax = plt.subplots(figsize=(6, 4.5), dpi=110)
-        image = ax.imshow(grid.to_numpy(dtype=float), cmap="RdYlGn", aspect="auto")
-        ax.set_xticks(
-            range(grid.shape[1]),
-            [f"{c:g}" if isinstance(c, float) else str(c) for c in grid.columns],
-        )
-        ax.set_yticks(range(grid.shape[0]), [f"{r:g}" for r in grid.index])
-        ax.set(xlabel=cols or "", ylabel=rows, title=f"{name}: mean {result.rank_by} over symbols")
-        for (i, j), v in np.ndenumerate(grid.to_numpy(dtype=float)):
-            ax.text(
-                j, i, "nan" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8
-            )
-        fig.colorbar(image, ax=ax)
-        fig.tight_layout()
-        paths[f"heatmap_{name}"] = out / f"heatmap_{name}.png"
-        fig.savefig(paths[f"heatmap_{name}"])
-        plt.close(fig)
-    return paths
-
-
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "ComparisonResult",
     "compare_strategies",
     "params_label",
-    "render_figures",
     "sweep",
 ]

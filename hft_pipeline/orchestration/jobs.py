@@ -1,20 +1,83 @@
-"""The two asset jobs the sensors and schedules launch: hourly candles, daily analytics."""
+"""The two asset jobs and every run policy around them: names, tags, run keys, backfills.
+
+Sensors and schedules build their run requests here, so a tag that dagster.yaml's concurrency
+limits key on, or a run key that makes a request idempotent, is written once.
+"""
 
 from __future__ import annotations
 
-from dagster import AssetSelection, define_asset_job, in_process_executor
+from dagster import (
+    AssetSelection,
+    BackfillPolicy,
+    DagsterRunStatus,
+    RunRequest,
+    define_asset_job,
+    in_process_executor,
+)
 
-from hft_pipeline.orchestration.assets import backtests, candles, indicators, strategy_comparison
 from hft_pipeline.orchestration.partitions import candle_partitions
+
+CANDLES_JOB = "candles_job"
+ANALYTICS_JOB = "analytics_job"
 
 #: Run tag that the instance's tag concurrency limits (dagster.yaml) key on.
 JOB_TAG = "hft/job"
+#: Which candles run this is: "final" (the hour is complete) or "live" (a refresh of the open
+#: hour); dagster.yaml allows one live refresh at a time.
+REFRESH_TAG = "hft/refresh"
+FINAL = "final"
+LIVE = "live"
+#: What requested an analytics run outside its schedule.
+TRIGGER_TAG = "hft/trigger"
+#: The UTC day a scheduled analytics run is for.
+DAY_TAG = "hft/day"
+
+#: Runs that still count as busy for "is one in flight?" decisions.
+IN_PROGRESS = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+]
+
+#: Hourly partitions per run when a backfill covers many: a ranged run reads one hour of ticks
+#: at a time, so 24 cost one process start instead of 24.
+BACKFILL_PARTITIONS_PER_RUN = 24
+CANDLES_BACKFILL_POLICY = BackfillPolicy.multi_run(BACKFILL_PARTITIONS_PER_RUN)
+
+
+def final_candles_request(key: str) -> RunRequest:
+    """The one run that materializes complete hour `key` (its key makes a repeat a no-op)."""
+    return RunRequest(run_key=key, partition_key=key, tags={REFRESH_TAG: FINAL})
+
+
+def live_candles_request(key: str, watermark_ns: int | None) -> RunRequest:
+    """A refresh of open hour `key`, once per store watermark."""
+    return RunRequest(run_key=f"{key}@{watermark_ns}", partition_key=key, tags={REFRESH_TAG: LIVE})
+
+
+def catchup_candles_request(key: str, hour: str) -> RunRequest:
+    """A catch-up run of `key`; the hour in its key retries a failed one the next hour."""
+    return RunRequest(run_key=f"catchup:{key}@{hour}", partition_key=key, tags={REFRESH_TAG: FINAL})
+
+
+def first_analytics_request(indicators_storage_id: int) -> RunRequest:
+    """The first analytics run, keyed by the indicators materialization it follows."""
+    return RunRequest(
+        run_key=f"first-analytics-{indicators_storage_id}", tags={TRIGGER_TAG: "first-analytics"}
+    )
+
+
+def daily_analytics_request(day: str) -> RunRequest:
+    """The scheduled analytics run of UTC day `day` (YYYY-MM-DD)."""
+    return RunRequest(run_key=f"analytics-{day}", tags={DAY_TAG: day})
+
 
 # In-process executor: both steps of a run share one process, so vectorbt/numba and the store
-# connection are set up once per run instead of once per step (DESIGN §7).
+# connection are set up once per run instead of once per step.
 candles_job = define_asset_job(
-    "candles_job",
-    selection=AssetSelection.assets(candles, indicators),
+    CANDLES_JOB,
+    selection=AssetSelection.assets("candles", "indicators"),
     partitions_def=candle_partitions,
     executor_def=in_process_executor,
     tags={JOB_TAG: "candles"},
@@ -22,9 +85,30 @@ candles_job = define_asset_job(
 )
 
 analytics_job = define_asset_job(
-    "analytics_job",
-    selection=AssetSelection.assets(backtests, strategy_comparison),
+    ANALYTICS_JOB,
+    selection=AssetSelection.assets("backtests", "strategy_comparison"),
     executor_def=in_process_executor,
     tags={JOB_TAG: "analytics"},
     description="Backtests over the look-back window, then the ranked strategy comparison.",
 )
+
+__all__ = [
+    "ANALYTICS_JOB",
+    "BACKFILL_PARTITIONS_PER_RUN",
+    "CANDLES_BACKFILL_POLICY",
+    "CANDLES_JOB",
+    "DAY_TAG",
+    "FINAL",
+    "IN_PROGRESS",
+    "JOB_TAG",
+    "LIVE",
+    "REFRESH_TAG",
+    "TRIGGER_TAG",
+    "analytics_job",
+    "candles_job",
+    "catchup_candles_request",
+    "daily_analytics_request",
+    "final_candles_request",
+    "first_analytics_request",
+    "live_candles_request",
+]

@@ -1,20 +1,31 @@
-"""Hourly candle partitions (UTC) whose start is fixed from the first stored tick when definitions load."""
+"""Hourly candle partitions (UTC) from a configured start, and their windows in nanoseconds.
+
+The start comes from `HFT_PARTITIONS_START` or a fixed default, never from the store: loading
+the definitions must not depend on a reachable database, and every process that loads them
+(code server, daemon, run workers) must agree on the same partition keys.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from contextlib import closing, suppress
 from datetime import UTC, datetime
 
-from dagster import HourlyPartitionsDefinition, PartitionKeyRange, TimeWindow
-
-from hft_pipeline.settings import Settings
-from hft_pipeline.store import sqlite_path
+from dagster import (
+    HourlyPartitionsDefinition,
+    PartitionKeyRange,
+    TimeWindow,
+    TimeWindowPartitionsDefinition,
+)
 
 PARTITIONS_START_ENV = "HFT_PARTITIONS_START"
+#: First partition when HFT_PARTITIONS_START is unset. Sensors and the catch-up schedule start
+#: at the first stored tick, not here, so an early default requests nothing by itself; ticks
+#: older than the start cannot be materialized (the watermark sensor logs a warning then).
+DEFAULT_PARTITIONS_START = datetime(2025, 1, 1, tzinfo=UTC)
 PARTITION_FMT = "%Y-%m-%d-%H:%M"
-HOUR_NS = 3600 * 1_000_000_000
+NS = 1_000_000_000
+HOUR_NS = 3600 * NS
 
 
 def _floor_hour(moment: datetime) -> datetime:
@@ -32,49 +43,11 @@ def _parse_start(raw: str) -> datetime:
     return _floor_hour(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
 
 
-def stored_first_tick_ts(store_url: str) -> int | None:
-    """The store's oldest tick time, read without creating or migrating anything; None if unknown.
-
-    Loading definitions must not create the SQLite file or touch a database schema
-    (`dagster definitions validate` runs with no store at all), so the store is opened
-    without `migrate()` and only when it already exists; any failure means "unknown".
-    """
-    with suppress(Exception):
-        if store_url.startswith("sqlite:"):
-            path = sqlite_path(store_url)
-            if not path.is_file():
-                return None
-            from hft_pipeline.store.sqlite import SqliteStore
-
-            with closing(SqliteStore(path)) as store:
-                return store.first_tick_ts()
-        if store_url.startswith(("postgresql://", "postgres://")):
-            from hft_pipeline.store.postgres import PostgresStore
-
-            with closing(
-                PostgresStore(store_url, pool_size=1, connect_timeout=1.0, pool_timeout=1.0)
-            ) as store:
-                return store.first_tick_ts()
-    return None
-
-
-def partitions_start(env: Mapping[str, str] | None = None, now: datetime | None = None) -> datetime:
-    """First partition: $HFT_PARTITIONS_START, else the first stored tick's hour, else this hour.
-
-    Why "this hour" as the fallback rather than a fixed date: with an empty store there is no
-    data before now, and the ingest service started next to Dagster writes its first tick in
-    this hour or later, so a run worker that loads the definitions again (and then finds ticks)
-    arrives at the same start. A fixed old date would make the catch-up schedule request
-    thousands of empty partitions on a fresh install.
-    """
+def partitions_start(env: Mapping[str, str] | None = None) -> datetime:
+    """First partition: the hour of $HFT_PARTITIONS_START, else DEFAULT_PARTITIONS_START."""
     env = os.environ if env is None else env
     raw = env.get(PARTITIONS_START_ENV, "")
-    if raw.strip():
-        return _parse_start(raw)
-    first = stored_first_tick_ts(Settings.from_env(env).resolved_store_url)
-    if first is not None:
-        return _floor_hour(datetime.fromtimestamp(first // 1_000_000_000, UTC))
-    return _floor_hour(now or datetime.now(UTC))
+    return _parse_start(raw) if raw.strip() else DEFAULT_PARTITIONS_START
 
 
 def build_candle_partitions(start: datetime) -> HourlyPartitionsDefinition:
@@ -82,21 +55,26 @@ def build_candle_partitions(start: datetime) -> HourlyPartitionsDefinition:
     return HourlyPartitionsDefinition(start_date=start, timezone="UTC", fmt=PARTITION_FMT)
 
 
-#: The partitions of `candles` and `indicators` (start fixed when this module is imported).
+#: The partitions of `candles` and `indicators`.
 candle_partitions = build_candle_partitions(partitions_start())
 
 
 def window_ns(window: TimeWindow) -> tuple[int, int]:
     """[start_ns, end_ns) of a Dagster time window."""
     return (
-        int(round(window.start.timestamp())) * 1_000_000_000,
-        int(round(window.end.timestamp())) * 1_000_000_000,
+        int(round(window.start.timestamp())) * NS,
+        int(round(window.end.timestamp())) * NS,
     )
 
 
+def key_window_ns(partitions_def: TimeWindowPartitionsDefinition, key: str) -> tuple[int, int]:
+    """[start_ns, end_ns) of partition `key` of `partitions_def`."""
+    return window_ns(partitions_def.time_window_for_partition_key(key))
+
+
 def partition_window(key: str) -> tuple[int, int]:
-    """[start_ns, end_ns) of the hourly partition `key` (e.g. "2026-11-20-13:00")."""
-    return window_ns(candle_partitions.time_window_for_partition_key(key))
+    """[start_ns, end_ns) of the hourly candle partition `key` (e.g. "2026-11-20-13:00")."""
+    return key_window_ns(candle_partitions, key)
 
 
 def partition_key_for(ts_ns: int) -> str:
@@ -105,21 +83,39 @@ def partition_key_for(ts_ns: int) -> str:
     return start.strftime(PARTITION_FMT)
 
 
+def partition_key_at(partitions_def: TimeWindowPartitionsDefinition, ts_ns: int) -> str:
+    """Key of the partition holding `ts_ns`, or the first partition when `ts_ns` precedes them all."""
+    key = partitions_def.get_partition_key_for_timestamp(ts_ns / NS)
+    if precedes_partitions(partitions_def, key_window_ns(partitions_def, key)[0]):
+        return partitions_def.get_first_partition_key()  # type: ignore[return-value]
+    return key
+
+
+def precedes_partitions(partitions_def: TimeWindowPartitionsDefinition, ts_ns: int) -> bool:
+    """Whether `ts_ns` lies before the first partition of `partitions_def`."""
+    first = partitions_def.get_first_partition_key()
+    return first is not None and ts_ns < key_window_ns(partitions_def, first)[0]
+
+
 def partition_range_window(keys: PartitionKeyRange) -> tuple[int, int]:
     """[start_ns, end_ns) covering the partitions from `keys.start` to `keys.end` inclusive."""
     return partition_window(keys.start)[0], partition_window(keys.end)[1]
 
 
 __all__ = [
+    "DEFAULT_PARTITIONS_START",
     "HOUR_NS",
+    "NS",
     "PARTITIONS_START_ENV",
     "PARTITION_FMT",
     "build_candle_partitions",
     "candle_partitions",
+    "key_window_ns",
+    "partition_key_at",
     "partition_key_for",
     "partition_range_window",
     "partition_window",
     "partitions_start",
-    "stored_first_tick_ts",
+    "precedes_partitions",
     "window_ns",
 ]

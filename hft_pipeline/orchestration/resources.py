@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import pandas as pd
 import requests
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from hft_pipeline.market.candles import CANDLE_COLUMNS
 from hft_pipeline.settings import Settings
 from hft_pipeline.store import TickStore, open_store
 
@@ -99,6 +101,31 @@ class IngestApiResource(ConfigurableResource):
                 "order": "asc",
             },
         )
+
+    def live_candles(
+        self, symbols: Sequence[str], start_ns: int, end_ns: int
+    ) -> pd.DataFrame | None:
+        """Closed 1m candles the service serves from memory (its live candles) for `symbols` in
+        [start_ns, end_ns): symbol and CANDLE_COLUMNS; None when it is unreachable or has none."""
+        try:
+            self.health()
+        except IngestApiError:
+            return None
+        frames = []
+        for symbol in symbols:
+            try:
+                body = self.candles(symbol, "1m", start_ns, end_ns)
+            except IngestApiError:
+                continue
+            if body.get("source") == "store" or not body.get("data"):
+                continue  # served from the store, not from live candles: nothing to compare
+            frame = pd.DataFrame(body["data"])
+            if "closed" in frame:  # a still forming candle is no correction
+                frame = frame[frame["closed"].astype(bool)]
+            frames.append(frame.assign(symbol=symbol)[["symbol", *CANDLE_COLUMNS]])
+        if not frames:
+            return None
+        return pd.concat(frames, ignore_index=True)
 
 
 __all__ = ["IngestApiError", "IngestApiResource", "StoreResource"]

@@ -17,18 +17,21 @@ from dagster import (
     schedule,
 )
 
-from hft_pipeline.orchestration.partitions import candle_partitions
-from hft_pipeline.orchestration.resources import StoreResource
-from hft_pipeline.orchestration.sensors import (
+from hft_pipeline.orchestration.jobs import (
     ANALYTICS_JOB,
     CANDLES_JOB,
     IN_PROGRESS,
-    LIVE_TAG,
-    NS,
-    WatermarkPolicy,
-    partition_key_at,
-    window_ns,
+    catchup_candles_request,
+    daily_analytics_request,
 )
+from hft_pipeline.orchestration.partitions import (
+    NS,
+    candle_partitions,
+    key_window_ns,
+    partition_key_at,
+)
+from hft_pipeline.orchestration.policies import WatermarkPolicy
+from hft_pipeline.orchestration.resources import StoreResource
 
 CANDLES = AssetKey("candles")
 
@@ -41,8 +44,7 @@ CANDLES = AssetKey("candles")
     description="Backtests over the look-back window and the strategy comparison, daily at 00:10 UTC.",
 )
 def daily_analytics_schedule(context: ScheduleEvaluationContext) -> RunRequest:
-    day = context.scheduled_execution_time.strftime("%Y-%m-%d")
-    return RunRequest(run_key=f"analytics-{day}", tags={"hft/day": day})
+    return daily_analytics_request(context.scheduled_execution_time.strftime("%Y-%m-%d"))
 
 
 def missing_partitions(
@@ -127,19 +129,15 @@ def build_candles_catchup_schedule(
             )
             keys = []
             for key in candidates:
-                start, end = window_ns(partitions_def, key)
+                start, end = key_window_ns(partitions_def, key)
                 if sum(tick_store.tick_counts(start, end).values()) and not _in_flight(
                     context.instance, key
                 ):
                     keys.append(key)
         if not keys:
             return SkipReason(f"no missing partitions among {len(candidates)} candidates")
-        # The hour in the run key: a partition whose catch-up run failed is tried again next hour.
         hour = _hour(context.scheduled_execution_time)
-        return [
-            RunRequest(run_key=f"catchup:{key}@{hour}", partition_key=key, tags={LIVE_TAG: "final"})
-            for key in keys
-        ]
+        return [catchup_candles_request(key, hour) for key in keys]
 
     return candles_catchup_schedule
 

@@ -7,19 +7,17 @@ history is, and a restarted daemon resumes exactly where it stopped.
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import UTC, datetime
 from typing import Any, Self
 
 from dagster import (
     AssetKey,
     AssetMaterialization,
-    DagsterRunStatus,
     DefaultSensorStatus,
     MetadataValue,
-    RunRequest,
     RunsFilter,
     SensorDefinition,
     SensorEvaluationContext,
@@ -31,59 +29,32 @@ from dagster import (
 
 from hft_pipeline.observability.alerts import Level, ingest_recovered, ingest_stalled
 from hft_pipeline.orchestration.alerting import AlertsResource
-from hft_pipeline.orchestration.partitions import candle_partitions
+from hft_pipeline.orchestration.jobs import (
+    ANALYTICS_JOB,
+    CANDLES_JOB,
+    IN_PROGRESS,
+    LIVE,
+    REFRESH_TAG,
+    final_candles_request,
+    first_analytics_request,
+    live_candles_request,
+)
+from hft_pipeline.orchestration.partitions import (
+    NS,
+    PARTITIONS_START_ENV,
+    candle_partitions,
+    key_window_ns,
+    partition_key_at,
+    precedes_partitions,
+)
+from hft_pipeline.orchestration.policies import HealthPolicy, WatermarkPolicy
 from hft_pipeline.orchestration.resources import IngestApiResource, StoreResource
 from hft_pipeline.store import Subscription, Watermark
 
-NS = 1_000_000_000
-#: Jobs are targeted by name so this module does not import the assets (jobs.py defines them).
-CANDLES_JOB = "candles_job"
-ANALYTICS_JOB = "analytics_job"
-#: Tag on the runs that refresh the still-open partition; dagster.yaml limits them to one at a time.
-LIVE_TAG = "hft/refresh"
-IN_PROGRESS = [
-    DagsterRunStatus.QUEUED,
-    DagsterRunStatus.NOT_STARTED,
-    DagsterRunStatus.STARTING,
-    DagsterRunStatus.STARTED,
-]
 Clock = Callable[[], int]
 
 
-def _env_number(env: Mapping[str, str], name: str, default: float, kind: type = float) -> Any:
-    raw = env.get(name, "")
-    if raw == "":
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r}: expected a number") from None
-    if value < 0:
-        raise ValueError(f"{name}={raw!r}: must be >= 0")
-    return value
-
-
 # --------------------------------------------------------------------------- watermark sensor
-
-
-@dataclass(frozen=True, slots=True)
-class WatermarkPolicy:
-    """When a partition counts as complete, how much to request per tick, how often to refresh."""
-
-    grace_s: float = 60.0  # late ticks still land in a closed hour for this long
-    max_requests: int = 48  # final partitions requested per tick; the cursor continues next tick
-    live_refresh_s: float = 300.0  # refresh the open partition this often; 0 turns it off
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> WatermarkPolicy:
-        """HFT_LATE_GRACE_S, HFT_SENSOR_MAX_REQUESTS, HFT_LIVE_REFRESH_S (defaults above)."""
-        env = os.environ if env is None else env
-        d = cls()
-        return cls(
-            grace_s=_env_number(env, "HFT_LATE_GRACE_S", d.grace_s),
-            max_requests=max(1, _env_number(env, "HFT_SENSOR_MAX_REQUESTS", d.max_requests, int)),
-            live_refresh_s=_env_number(env, "HFT_LIVE_REFRESH_S", d.live_refresh_s),
-        )
 
 
 class JsonCursor:
@@ -126,24 +97,6 @@ class WatermarkTick:
     live_key: str | None = None
 
 
-def window_ns(partitions_def: TimeWindowPartitionsDefinition, key: str) -> tuple[int, int]:
-    """[start, end) of partition `key` in nanoseconds."""
-    window = partitions_def.time_window_for_partition_key(key)
-    return int(window.start.timestamp()) * NS, int(window.end.timestamp()) * NS
-
-
-def partition_key_at(partitions_def: TimeWindowPartitionsDefinition, ts_ns: int) -> str:
-    """Key of the partition holding `ts_ns`, or the first partition when `ts_ns` precedes them all."""
-    first = partitions_def.get_first_partition_key()
-    key = partitions_def.get_partition_key_for_timestamp(ts_ns / NS)
-    if (
-        first is not None
-        and window_ns(partitions_def, key)[0] < window_ns(partitions_def, first)[0]
-    ):
-        return first
-    return key
-
-
 def plan_watermark_tick(
     prev: WatermarkCursor,
     watermark: Watermark,
@@ -180,7 +133,7 @@ def plan_watermark_tick(
         partitions_def, first_ts if first_ts is not None else watermark.max_ts
     )
     while len(tick.final_keys) < policy.max_requests:
-        end_ns = window_ns(partitions_def, key)[1]
+        end_ns = key_window_ns(partitions_def, key)[1]
         if not partitions_def.has_partition_key(key) or not complete(end_ns):
             break
         tick.final_keys.append(key)
@@ -195,7 +148,7 @@ def plan_watermark_tick(
         fresh = cur.live_max_ts != watermark.max_ts
         # Only the open partition (>= the next final one) needs refreshing; candles replace a
         # partition in one transaction, so the final run overwrites whatever a refresh wrote.
-        not_final = window_ns(partitions_def, live)[0] >= window_ns(partitions_def, key)[0]
+        not_final = key_window_ns(partitions_def, live)[0] >= key_window_ns(partitions_def, key)[0]
         if due and fresh and not_final and partitions_def.has_partition_key(live):
             tick.live_key = live
             cur.live_ns, cur.live_max_ts = now_ns, watermark.max_ts
@@ -256,18 +209,15 @@ def build_ingest_watermark_sensor(
         tick = plan_watermark_tick(
             prev, watermark, subscriptions, first_ts, partitions_def, policy, clock(), live_busy
         )
-        requests = [
-            RunRequest(run_key=key, partition_key=key, tags={LIVE_TAG: "final"})
-            for key in tick.final_keys
-        ]
-        if tick.live_key is not None:
-            requests.append(
-                RunRequest(
-                    run_key=f"{tick.live_key}@{tick.cursor.live_max_ts}",
-                    partition_key=tick.live_key,
-                    tags={LIVE_TAG: "live"},
-                )
+        if first_ts is not None and precedes_partitions(partitions_def, first_ts):
+            hour = datetime.fromtimestamp(first_ts // NS, UTC).strftime("%Y-%m-%dT%H:00Z")
+            context.log.warning(
+                f"the store's first tick ({hour}) precedes the first candles partition, so "
+                f"earlier ticks get no candles: set {PARTITIONS_START_ENV}={hour} to include them"
             )
+        requests = [final_candles_request(key) for key in tick.final_keys]
+        if tick.live_key is not None:
+            requests.append(live_candles_request(tick.live_key, tick.cursor.live_max_ts))
         events = []
         if tick.report is not None:
             events.append(AssetMaterialization(asset_key="ticks", metadata=tick.report))
@@ -284,35 +234,11 @@ def build_ingest_watermark_sensor(
 
 def _live_run_in_progress(context: SensorEvaluationContext) -> bool:
     # Refreshes are optional work: never queue a second one behind a slow first.
-    runs = RunsFilter(job_name=CANDLES_JOB, tags={LIVE_TAG: "live"}, statuses=IN_PROGRESS)
+    runs = RunsFilter(job_name=CANDLES_JOB, tags={REFRESH_TAG: LIVE}, statuses=IN_PROGRESS)
     return context.instance.get_runs_count(filters=runs) > 0
 
 
 # --------------------------------------------------------------------------- health sensor
-
-
-@dataclass(frozen=True, slots=True)
-class HealthPolicy:
-    """Thresholds for the ingest health alerts."""
-
-    max_pending_ticks: int = 100_000  # ticks in the log but not yet in the store
-    max_lag_s: float = 60.0  # how long persistence may stand still while ticks are pending
-    critical_after_ticks: int = 3  # consecutive bad sensor ticks before CRITICAL
-    critical_after_s: float = 300.0  # or this long bad, whichever comes first
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> HealthPolicy:
-        """HFT_ALERT_PENDING_TICKS, HFT_ALERT_LAG_S, HFT_ALERT_CRITICAL_TICKS, HFT_ALERT_CRITICAL_S."""
-        env = os.environ if env is None else env
-        d = cls()
-        return cls(
-            max_pending_ticks=_env_number(env, "HFT_ALERT_PENDING_TICKS", d.max_pending_ticks, int),
-            max_lag_s=_env_number(env, "HFT_ALERT_LAG_S", d.max_lag_s),
-            critical_after_ticks=max(
-                1, _env_number(env, "HFT_ALERT_CRITICAL_TICKS", d.critical_after_ticks, int)
-            ),
-            critical_after_s=_env_number(env, "HFT_ALERT_CRITICAL_S", d.critical_after_s),
-        )
 
 
 @dataclass(slots=True)
@@ -467,14 +393,7 @@ def build_first_analytics_sensor(
         busy = RunsFilter(job_name=ANALYTICS_JOB, statuses=IN_PROGRESS)
         if instance.get_runs_count(filters=busy) > 0:
             return SensorResult(skip_reason="an analytics run is in flight")
-        return SensorResult(
-            run_requests=[
-                RunRequest(
-                    run_key=f"first-analytics-{indicators.storage_id}",
-                    tags={"hft/trigger": "first-analytics"},
-                )
-            ]
-        )
+        return SensorResult(run_requests=[first_analytics_request(indicators.storage_id)])
 
     return first_analytics_sensor
 
