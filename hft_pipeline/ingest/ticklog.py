@@ -928,7 +928,10 @@ class TickLog:
                 f"offset {offset} is not a record boundary of the log (no valid record starts "
                 "there); pass an offset returned by append() or read()"
             )
-        return CorruptLogError(f"the record at offset {pos} is damaged (bad framing)")
+        return CorruptLogError(
+            f"the record at offset {pos} is damaged (bad framing); it went bad after the log was "
+            "opened: reopen the log to skip and report it"
+        )
 
     def replay(self, offset: int = 0, max_ticks: int = 100_000) -> Iterator[tuple[TickBatch, int]]:
         """Batches of about `max_ticks` ticks with the offset after each, from `offset` to the end."""
