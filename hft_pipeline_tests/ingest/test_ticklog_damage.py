@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -603,20 +602,20 @@ def test_a_persister_drains_past_damage_to_the_store(tmp_path: Path) -> None:
         store.close()
 
 
-@functools.lru_cache(maxsize=1)
-def _source_log() -> tuple[Path, list[int], list[int], list[int]]:
+@pytest.fixture(scope="module")
+def source_log(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list, list, list]:
     """One multi-segment log, written once: (directory, record offsets, bases, tick counts)."""
     rng = np.random.default_rng(39)
     sizes = [int(n) for n in rng.integers(1, 30, 45)]
-    directory = Path(tempfile.mkdtemp(prefix="ticklog-damage-source-"))
+    directory = tmp_path_factory.mktemp("source")
     offsets, bases = write_log(directory, batches_with_seqs(rng, sizes), segment_bytes=5000)
     return directory, offsets, bases, sizes
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
-def test_random_flips_in_a_random_record_spare_every_other_record(data) -> None:
-    source, offsets, bases, sizes = _source_log()
+def test_random_flips_in_a_random_record_spare_every_other_record(source_log, data) -> None:
+    source, offsets, bases, sizes = source_log
     k = data.draw(st.integers(0, len(sizes) - 1), label="record")
     size = offsets[k + 1] - offsets[k]
     # Distinct bytes: the same byte flipped twice by one mask could undo the damage.
