@@ -6,12 +6,15 @@ import re
 import sqlite3
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 
 import psycopg
 
-#: Top-level `sql/` of the repository; the project is installed editable, so this resolves.
-SQL_ROOT = Path(__file__).resolve().parents[2] / "sql"
+#: The migrations as package data, so an installed wheel finds them as a checkout does: in the
+#: repository `hft_pipeline/store/sql` is a link to the top-level `sql/` where they are written
+#: (docs/layers.md, "Where the migrations live").
+SQL_ROOT: Traversable = files(__package__) / "sql"
 
 #: Key of the PostgreSQL advisory lock that serializes concurrent migration runs.
 PG_MIGRATION_LOCK = 0x4846_5453_514C  # "HFTSQL"
@@ -45,13 +48,15 @@ class Migration:
     sql: str
 
 
-def sql_dir(dialect: str) -> Path:
+def sql_dir(dialect: str) -> Traversable:
     """The directory holding the migrations of `dialect` ("postgres" or "sqlite")."""
     path = SQL_ROOT / dialect
     if not path.is_dir():
         raise MigrationError(
-            f"migration directory {path} not found: hft_pipeline expects the repository's top-level "
-            "sql/ next to the package (install the project with `pip install -e .`)"
+            f"migration directory {path} not found: the package ships its migrations as "
+            "hft_pipeline/store/sql/<dialect>/ (in a checkout, a link to the top-level sql/): "
+            "reinstall hft_pipeline, or in a checkout restore the link with "
+            "`git checkout -- hft_pipeline/store/sql`"
         )
     return path
 
@@ -59,14 +64,15 @@ def sql_dir(dialect: str) -> Path:
 def load_migrations(dialect: str) -> list[Migration]:
     """Every migration of `dialect`, ordered by version; versions must be unique."""
     migrations: dict[int, Migration] = {}
-    for path in sorted(sql_dir(dialect).glob("*.sql")):
+    scripts = (p for p in sql_dir(dialect).iterdir() if p.name.endswith(".sql"))
+    for path in sorted(scripts, key=lambda p: p.name):
         match = _FILE_PATTERN.match(path.name)
         if not match:
             raise MigrationError(f"{path}: migration files must be named NNN_name.sql")
         version = int(match.group(1))
         if version in migrations:
             raise MigrationError(f"{path}: version {version} is used twice")
-        migrations[version] = Migration(version, match.group(2), path.read_text())
+        migrations[version] = Migration(version, match.group(2), path.read_text(encoding="utf-8"))
     if not migrations:
         raise MigrationError(f"no migrations found in {sql_dir(dialect)}")
     return [migrations[v] for v in sorted(migrations)]
