@@ -8,9 +8,13 @@ service's log -> store path. The rules: docs/import.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+import threading
 import time
 from collections.abc import Iterator
+from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +33,7 @@ from hft_pipeline.ingest.server import lock_home
 from hft_pipeline.ingest.service import IngestService
 from hft_pipeline.market.ticks import SymbolIndex, TickBatch
 from hft_pipeline.settings import Settings
-from hft_pipeline.store.base import TickStore
+from hft_pipeline.store.base import StoreUnavailableError, TickStore
 
 #: Valid rows sorted in memory at once (60 bytes each staged, ~145 while a run is sorted and
 #: written); a file with more valid rows spills sorted runs of this size to disk (60 bytes a
@@ -125,43 +129,71 @@ def import_file(
     lock = lock_home(home)
     rows = _SortedRuns("seq" if reader.has_seq else "ts", home / "sort", sort_run_rows)
     result = ImportResult(path)
-    service: IngestService | None = None
+    service = IngestService(import_settings, live=False)
     plan: _FilePlan | None = None
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-open")
+    # Opening the service (store, migrations, an earlier run's backlog, ~1 s of compiled-code
+    # loading) runs while the file is checked: it writes nothing of this file.
+    stop_opening = threading.Event()
+    opening = pool.submit(_open, service, stop_opening)
     try:
         plan = _check_file(reader, rows, progress)
-        service = IngestService(import_settings, live=False)
-        service.open()
-        _wait_for_store(service)
+        opening.result()
         # The importer removes exactly the duplicates; the service's filter would also drop
         # older history (any seq not above the symbol's highest).
         service.sequencer = _KeepAll()
-        result.resumed = _persist(service, progress, "backlog")
-        assert service.store is not None
+        _persist(service, progress, "backlog")
+        assert service.store is not None and service.persister is not None
+        result.resumed = service.persister.persisted_ticks
         plan.lookups = _lookups(plan, service.store.last_seqs())
         _store_new(rows, plan, service, progress)
         _persist(service, progress, "persist")
     finally:
         rows.close()
+        stop_opening.set()
+        futures.wait([opening])
+        pool.shutdown()
+        opened = opening.exception() is None
+        service.close()
         result.rows = reader.read
         result.rejected = {k: v for k, v in reader.rejected.items() if v}
-        if service is not None:
-            service.close()
-            for reason, count in service.validator.rejected.items():
-                if count:
-                    result.rejected[reason] = result.rejected.get(reason, 0) + count
-            persisted = service.persister.persisted_ticks if service.persister else 0
-            result.accepted = service.counters.accepted
-            result.persisted = persisted - result.resumed
-            result.pending = service.pending_ticks
-            result.duplicates = service.counters.duplicates
+        for reason, count in service.validator.rejected.items():
+            if count:
+                result.rejected[reason] = result.rejected.get(reason, 0) + count
+        persisted = service.persister.persisted_ticks if service.persister else 0
+        result.accepted = service.counters.accepted
+        result.persisted = persisted - result.resumed
+        result.pending = service.pending_ticks
+        result.duplicates = service.counters.duplicates
         if plan is not None:
             result.duplicates += plan.duplicates_in_file + plan.duplicates_stored
             result.duplicates_stored = plan.duplicates_stored
         result.seconds = time.perf_counter() - started
         lock.close()
-        if result.pending == 0 and not (service is None and import_settings.log_dir.exists()):
+        # Delete the import's log only when nothing in it can be unpersisted.
+        if (opened and result.pending == 0) or not import_settings.log_dir.exists():
             shutil.rmtree(home, ignore_errors=True)
     return result
+
+
+def _open(service: IngestService, stop: threading.Event) -> None:
+    """Open the service and block until it reaches its store (it retries with backoff), or
+    until `stop` is set."""
+    service.open()
+    if not getattr(service, "store_ready", True):
+        asyncio.run(_connect(service, stop))
+
+
+async def _connect(service: IngestService, stop: threading.Event) -> None:
+    connecting = asyncio.create_task(service.connect_store())
+    while not connecting.done():
+        if stop.is_set():
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await connecting
+            raise StoreUnavailableError(f"import stopped before {service.store!r} was reachable")
+        await asyncio.sleep(0.05)
+    connecting.result()
 
 
 class _KeepAll(Sequencer):
@@ -314,13 +346,6 @@ def _stored_seqs(store: TickStore, symbol: str, lo: int, hi: int) -> np.ndarray:
             continue
         start = after[0] if after is not None else None
     return np.unique(np.concatenate(found)) if found else np.empty(0, np.int64)
-
-
-def _wait_for_store(service: IngestService) -> None:
-    """Block until the service reaches its store (it retries with backoff, forever)."""
-    if getattr(service, "store_ready", True):
-        return
-    asyncio.run(service.connect_store())
 
 
 def _persist(service: IngestService, progress: bool, desc: str) -> int:

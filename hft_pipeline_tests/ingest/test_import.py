@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +193,16 @@ def test_strict_refuses_a_bad_cell_after_row_100k_and_commits_nothing(
     assert (again.rows, again.accepted, again.duplicates) == (150_000, 150_000, 0)
     expected = frame if with_seq else frame.assign(seq=frame.ts)
     assert_stored_once(store_url, expected)
+
+
+def test_a_refused_file_is_refused_at_once_while_the_store_is_down(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(f"symbol,ts,price,volume\nPETR4,{T0},abc,1\n")
+    down = "postgresql://postgres@127.0.0.1:9/nowhere"  # the discard port: nothing listens
+    started = time.monotonic()
+    with pytest.raises(TickFileError, match=r"row 1, column 'price'"):
+        import_file(path, settings_for(tmp_path, down), progress=False, strict=True)
+    assert time.monotonic() - started < 15
 
 
 @pytest.mark.parametrize("deadline_s", [10.0, 0.0], ids=["drained", "backlog-left"])
