@@ -1,4 +1,8 @@
-"""Assets materialized through Dagster on simulator ticks, on SQLite and PostgreSQL stores."""
+"""Assets materialized through Dagster on simulator ticks, on SQLite and PostgreSQL stores.
+
+What the analytics functions compute is tested in hft_pipeline_tests/analytics; here, that the
+assets wire them to Dagster: partitions, ranged runs, checks, metadata, resources.
+"""
 
 from __future__ import annotations
 
@@ -15,28 +19,17 @@ import pandas as pd
 import pytest
 from dagster import AssetCheckSeverity, AssetKey, materialize
 
+from hft_pipeline.analytics.checks import backtest_sanity
 from hft_pipeline.market.candles import resample_reference
-from hft_pipeline.market.frames import to_wide
-from hft_pipeline.market.indicators import compute_wide
 from hft_pipeline.market.timeframes import TIMEFRAMES
-from hft_pipeline.orchestration import checks
 from hft_pipeline.orchestration.alerting import AlertsResource, alert_on_failure
 from hft_pipeline.orchestration.assets import (
     backtests,
-    candle_check_results,
     candles,
-    candles_all_timeframes,
-    hour_is_open,
     indicators,
     strategy_comparison,
 )
-from hft_pipeline.orchestration.partitions import (
-    PARTITIONS_START_ENV,
-    partition_key_for,
-    partition_window,
-    partitions_start,
-    stored_first_tick_ts,
-)
+from hft_pipeline.orchestration.partitions import partition_key_for, partition_window
 from hft_pipeline.orchestration.resources import IngestApiError, IngestApiResource, StoreResource
 from hft_pipeline_tests.orchestration.conftest import (
     HOUR_NS,
@@ -146,67 +139,20 @@ def test_ranged_run_over_three_partitions(store_case: StoreCase) -> None:
     assert meta[0].metadata["ticks_read"].value == len(frame)
 
 
-def test_candle_checks_fail_on_corrupted_data(store_case: StoreCase) -> None:
-    frame = simulator_ticks(2)
-    write_ticks(store_case.store, frame)
-    lo, hi = partition_window(key(0))
-    assert materialize([candles], partition_key=key(0), resources=resources(store_case)).success
-    by_name = lambda results: {r.check_name: r for r in results}  # noqa: E731
-    assert all(r.passed for r in candle_check_results(store_case.store, lo, hi))
-
-    # A bad 1m candle (high below close) and a missing 1m bucket, written through the store.
-    good = store_case.store.stored_candles("1m", lo, hi)
-    bad = good.drop(index=5).reset_index(drop=True)
-    bad.loc[3, "high"] = bad.loc[3, "close"] - 0.5
-    store_case.store.replace_candles(bad.assign(timeframe="1m"), lo, hi, ["1m"])
-    results = by_name(candle_check_results(store_case.store, lo, hi))
-    assert not results["ohlc_invariants"].passed
-    assert results["ohlc_invariants"].metadata["violations"].value == 1
-    assert not results["candles_match_ticks"].passed  # bucket 5's ticks are no longer counted
-    assert not results["gap_report"].passed
-    assert results["gap_report"].severity == AssetCheckSeverity.WARN
-    assert results["gap_report"].metadata["empty_1m_buckets"].value == 1
-    assert results["no_duplicate_buckets"].passed
-
-    # Ticks deleted after the candles were computed: the recount no longer matches.
-    assert materialize([candles], partition_key=key(0), resources=resources(store_case)).success
-    kept = frame[(frame["ts"] >= lo) & (frame["ts"] < hi) & (frame["symbol"] != "R_100")]
-    counts = store_case.store.tick_counts(lo, hi)
-    stored = {tf: store_case.store.stored_candles(tf, lo, hi) for tf in TIMEFRAMES}
-    counts_after_delete = {s: n for s, n in counts.items() if s in set(kept["symbol"])}
-    passed, meta = checks.candles_recount(counts_after_delete, stored)
-    assert not passed and meta["mismatches"] == len(TIMEFRAMES)
-
-
-def test_an_open_hour_is_recounted_from_the_ticks_read_a_closed_one_from_the_store(
+def test_an_open_hour_is_checked_against_the_ticks_its_candles_were_computed_from(
     store_case: StoreCase,
 ) -> None:
     frame = simulator_ticks(1)
-    lo, hi = partition_window(key(0))
-    first, rest = frame[frame["ts"] < lo + 1800 * 10**9], frame[frame["ts"] >= lo + 1800 * 10**9]
-    offset = write_ticks(store_case.store, first)
-    grace = 60.0
-    # The newest tick is half an hour in: open, though the wall clock is years past the hour.
-    assert hour_is_open(store_case.store, hi, grace)
-    newest = int(first["ts"].max())
-    assert hour_is_open(store_case.store, newest - int(grace * 10**9) + 1, grace)
-    assert not hour_is_open(store_case.store, newest - int(grace * 10**9), grace)
-    assert materialize([candles], partition_key=key(0), resources=resources(store_case)).success
+    lo, _ = partition_window(key(0))
+    write_ticks(store_case.store, frame[frame["ts"] < lo + 1800 * 10**9])
 
-    # Ticks keep arriving for the open hour after its candles were computed.
-    write_ticks(store_case.store, rest, offset=offset)
-    by_name = lambda results: {r.check_name: r for r in results}  # noqa: E731
-    strict = by_name(candle_check_results(store_case.store, lo, hi))["candles_match_ticks"]
-    assert not strict.passed and strict.metadata["open_hours"].value == 0
-    read = {lo: first["symbol"].value_counts().to_dict()}
-    live = by_name(candle_check_results(store_case.store, lo, hi, read))["candles_match_ticks"]
-    assert live.passed and live.metadata["open_hours"].value == 1
-    assert live.metadata["ticks"].value == len(first)
-    # Counts that do not match what the candles hold still fail.
-    short = {lo: {s: n - 1 for s, n in read[lo].items()}}
-    assert not by_name(candle_check_results(store_case.store, lo, hi, short))[
-        "candles_match_ticks"
-    ].passed
+    result = materialize([candles], partition_key=key(0), resources=resources(store_case))
+
+    assert result.success
+    (recount,) = [
+        e for e in result.get_asset_check_evaluations() if e.check_name == "candles_match_ticks"
+    ]
+    assert recount.passed and recount.metadata["open_hours"].value == 1
 
 
 def test_partition_without_ticks_stores_nothing_and_passes(tmp_path) -> None:
@@ -216,19 +162,6 @@ def test_partition_without_ticks_stores_nothing_and_passes(tmp_path) -> None:
     assert all(passed for passed, _ in checks_of(result).values())
     assert result.asset_materializations_for_node("candles")[0].metadata["candles_total"].value == 0
     assert result.asset_materializations_for_node("indicators")[0].metadata["1m_bars"].value == 0
-
-
-def test_duplicate_and_misaligned_buckets_are_reported() -> None:
-    frames = candles_all_timeframes(simulator_ticks(0.5))
-    assert checks.no_duplicate_buckets(frames)[0]
-    one_minute = frames["1m"]
-    dup = pd.concat([one_minute, one_minute.iloc[[2]]], ignore_index=True)
-    passed, meta = checks.no_duplicate_buckets({"1m": dup})
-    assert not passed and meta["duplicates"] == 1 and meta["misaligned"] == 0
-    shifted = one_minute.copy()
-    shifted.loc[0, "ts"] += 1_000_000_000
-    passed, meta = checks.no_duplicate_buckets({"1m": shifted})
-    assert not passed and meta["misaligned"] == 1
 
 
 def test_blocking_check_stops_indicators_on_bad_ticks(tmp_path) -> None:
@@ -274,23 +207,12 @@ def test_indicators_warm_up_backtests_and_comparison(store_case: StoreCase) -> N
     assert meta["1m_warmup_bars"].value == 720
     assert meta["1m_obv_anchored_symbols"].value == len(SYMBOLS)
 
-    all_1m = store_case.store.stored_candles("1m")
-    assert len(all_1m) > meta["1m_candles_read"].value  # the history really was cut
-    long = all_1m.assign(ts=pd.to_datetime(all_1m["ts"], unit="ns", utc=True))
-    full = compute_wide(to_wide(long))
     lo, hi = partition_window(key(hours - 1))
     stored = store_case.store.stored_indicators("1m", lo, hi)
-    assert len(stored) == int(((all_1m["ts"] >= lo) & (all_1m["ts"] < hi)).sum())
-    assert sorted(stored.columns[2:]) == sorted(full)
-    for name, wide in full.items():
-        ref = wide.stack(future_stack=True).rename("ref").reset_index()
-        ref["ts"] = ref["ts"].astype("int64")
-        merged = stored[["symbol", "ts", name]].merge(ref, on=["symbol", "ts"])
-        assert len(merged) == len(stored)
-        np.testing.assert_allclose(
-            merged[name].to_numpy(), merged["ref"].to_numpy(), rtol=1e-9, atol=1e-9, err_msg=name
-        )
-        assert merged[name].notna().all(), name  # warmed up: no NaN at the partition start
+    bars = store_case.store.stored_candles("1m", lo, hi)
+    assert len(stored) == meta["1m_bars"].value == len(bars)
+    assert meta["1m_symbols"].value == len(SYMBOLS)
+    assert stored.iloc[:, 2:].notna().all().all()  # warmed up: no NaN at the partition start
 
     end = datetime.fromtimestamp((T0 + hours * HOUR_NS) // 10**9, UTC).isoformat()
     run_config = {"ops": {"backtests": {"config": {"lookback_days": 0.5, "end": end}}}}
@@ -307,16 +229,7 @@ def test_indicators_warm_up_backtests_and_comparison(store_case: StoreCase) -> N
     assert np.isclose(bt_meta["best_sharpe"].value, metrics["sharpe"].max())
     trades = store_case.store.backtest_trades(run.run_key)
     assert len(trades) == bt_meta["trades_stored"].value > 0
-    passed, _ = checks.backtest_sanity(metrics, trades)
-    assert passed
-    # One more trade in the metrics of a run whose trade list is stored: inconsistent.
-    first = trades.iloc[0]
-    covered = (
-        metrics[["strategy", "symbol", "params"]] == first[["strategy", "symbol", "params"]]
-    ).all(axis=1)
-    broken = metrics.copy()
-    broken.loc[covered, "n_trades"] += 1
-    assert not checks.backtest_sanity(broken, trades)[0]
+    assert backtest_sanity(metrics, trades)[0]
 
     comparison = materialize([strategy_comparison], resources=res)
     assert comparison.success
@@ -346,40 +259,14 @@ def test_asset_graph_keys() -> None:
     assert AssetKey("backtests") in strategy_comparison.dependency_keys
 
 
-# --- partitions and resources ---------------------------------------------------------------------
-
-
-def test_partitions_start_from_env_store_or_this_hour(store_case: StoreCase, tmp_path) -> None:
-    now = datetime(2026, 11, 22, 6, 41, 5, tzinfo=UTC)
-    assert partitions_start({PARTITIONS_START_ENV: "2026-03-04T05:59:59Z"}) == datetime(
-        2026, 3, 4, 5, tzinfo=UTC
-    )
-    assert partitions_start({PARTITIONS_START_ENV: "2026-03-04"}) == datetime(
-        2026, 3, 4, tzinfo=UTC
-    )
-    with pytest.raises(ValueError, match="ISO-8601"):
-        partitions_start({PARTITIONS_START_ENV: "yesterday"})
-
-    # An empty store, then one with ticks: the first tick's hour.
-    env = {"HFT_STORE_URL": store_case.url}
-    assert partitions_start(env, now=now) == datetime(2026, 11, 22, 6, tzinfo=UTC)
-    write_ticks(store_case.store, simulator_ticks(0.2).iloc[5:])
-    assert partitions_start(env, now=now) == datetime(2026, 1, 4, 18, tzinfo=UTC)
-
-    # No store at all: this hour, and nothing is created by looking.
-    missing = tmp_path / "nowhere" / "hft.sqlite3"
-    assert partitions_start({"HFT_STORE_URL": f"sqlite:///{missing}"}, now=now) == datetime(
-        2026, 11, 22, 6, tzinfo=UTC
-    )
-    assert not missing.parent.exists()
-    unreachable = f"postgresql://postgres@127.0.0.1:{_closed_port()}/postgres"
-    assert stored_first_tick_ts(unreachable) is None
+# --- resources -------------------------------------------------------------------------------------
 
 
 class _FakeIngest(BaseHTTPRequestHandler):
     """A loopback ingest API: /health degraded, /status, and live 1m candles from `candles`."""
 
     candles: dict[str, list[dict]] = {}
+    sources: dict[str, str] = {}
     auth: list[str | None] = []
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
@@ -392,9 +279,8 @@ class _FakeIngest(BaseHTTPRequestHandler):
         elif url.path.startswith("/ticks/"):
             symbol = url.path.rsplit("/", 1)[1]
             rows = self.candles.get(symbol, [])
-            self._send(
-                200, {"symbol": symbol, "source": "memory", "count": len(rows), "data": rows}
-            )
+            source = self.sources.get(symbol, "memory")
+            self._send(200, {"symbol": symbol, "source": source, "count": len(rows), "data": rows})
         else:
             self._send(404, {"detail": "not found"})
 
@@ -459,13 +345,31 @@ def test_candles_report_corrections_against_live_candles(tmp_path, fake_ingest: 
         store.close()
 
 
+def test_live_candles_are_the_closed_ones_served_from_memory(fake_ingest: str) -> None:
+    candle = {"ts": 60, "open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5, "volume": 3.0,
+              "ticks": 4, "time": "iso"}  # fmt: skip
+    _FakeIngest.candles = {
+        "PETR4": [{**candle, "closed": True}, {**candle, "ts": 120, "closed": False}],
+        "VALE3": [candle],  # served from the store: not live candles
+        "R_100": [],
+    }
+    _FakeIngest.sources = {"VALE3": "store"}
+    try:
+        api = _HealthyIngest(base_url=fake_ingest, timeout=2)
+        live = api.live_candles(["PETR4", "VALE3", "R_100"], 0, 3600 * 10**9)
+        assert live is not None
+        assert live.to_dict("records") == [
+            {"symbol": "PETR4", "ts": 60, "open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5,
+             "volume": 3.0, "ticks": 4}
+        ]  # fmt: skip
+        assert api.live_candles(["VALE3", "R_100"], 0, 3600 * 10**9) is None
+        # /health answers 503 on the plain fake: the service is not asked for candles at all.
+        plain = IngestApiResource(base_url=fake_ingest, timeout=2)
+        assert plain.live_candles(["PETR4"], 0, 3600 * 10**9) is None
+    finally:
+        _FakeIngest.candles, _FakeIngest.sources = {}, {}
+
+
 class _HealthyIngest(IngestApiResource):
     def health(self) -> dict:
         return {"status": "ok", "problems": []}
-
-
-def test_combined_outcome_of_a_ranged_run_adds_counts_and_keeps_failures() -> None:
-    ok = (True, {"violations": 0, "examples": "none"})
-    bad = (False, {"violations": 2, "examples": "1m PETR4@60"})
-    assert checks.combine([ok, bad, ok]) == (False, {"violations": 2, "examples": "1m PETR4@60"})
-    assert checks.combine([ok, ok]) == (True, {"violations": 0, "examples": "none"})

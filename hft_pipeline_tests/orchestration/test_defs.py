@@ -13,7 +13,7 @@ import yaml
 from dagster import AssetKey, DagsterInstance, Definitions
 
 from hft_pipeline.definitions import defs
-from hft_pipeline.orchestration.sensors import ANALYTICS_JOB, CANDLES_JOB
+from hft_pipeline.orchestration.jobs import ANALYTICS_JOB, CANDLES_JOB
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = {"ticks", "candles", "indicators", "backtests", "strategy_comparison"}

@@ -32,11 +32,11 @@ from hft_pipeline.ingest.feeds.simulator import DEFAULT_SYMBOLS, generate
 from hft_pipeline.market.ticks import concat_batches
 from hft_pipeline.orchestration.alerting import AlertsResource
 from hft_pipeline.orchestration.assets import ALL_ASSETS
-from hft_pipeline.orchestration.jobs import analytics_job, candles_job
-from hft_pipeline.orchestration.partitions import candle_partitions
+from hft_pipeline.orchestration.jobs import REFRESH_TAG, analytics_job, candles_job
+from hft_pipeline.orchestration.partitions import NS, candle_partitions, key_window_ns
 from hft_pipeline.orchestration.resources import IngestApiResource, StoreResource
 from hft_pipeline.orchestration.schedules import candles_catchup_schedule
-from hft_pipeline.orchestration.sensors import LIVE_TAG, NS, ingest_watermark_sensor, window_ns
+from hft_pipeline.orchestration.sensors import ingest_watermark_sensor
 from hft_pipeline.store import open_store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,12 +143,12 @@ def test_sensor_schedule_and_assets_on_postgres_end_to_end(
 
         with build_sensor_context(instance=instance, resources=resources, definitions=defs) as ctx:
             first = ingest_watermark_sensor(ctx)
-        final = [r for r in first.run_requests if r.tags.get(LIVE_TAG) == "final"]
+        final = [r for r in first.run_requests if r.tags.get(REFRESH_TAG) == "final"]
         keys = [r.partition_key for r in final]
         # Every hour from the first tick's to the last one closed a grace period ago.
         first_key = candle_partitions.get_partition_key_for_timestamp(store.first_tick_ts() / NS)
         assert keys[0] == first_key and len(keys) >= 2
-        assert all(window_ns(candle_partitions, k)[1] + 60 * NS <= wm.max_ts for k in keys)
+        assert all(key_window_ns(candle_partitions, k)[1] + 60 * NS <= wm.max_ts for k in keys)
         ((_, ticks_event),) = [(0, e) for e in first.asset_events]
         assert ticks_event.metadata["rows"].value == wm.rows
         assert ticks_event.metadata["symbols"].value == len(DEFAULT_SYMBOLS)
@@ -176,7 +176,7 @@ def test_sensor_schedule_and_assets_on_postgres_end_to_end(
             instance=instance, resources=resources, definitions=defs, cursor=first.cursor
         ) as ctx:
             second = ingest_watermark_sensor(ctx)
-        assert [r for r in second.run_requests if r.tags.get(LIVE_TAG) == "final"] == []
+        assert [r for r in second.run_requests if r.tags.get(REFRESH_TAG) == "final"] == []
         # ... and the catch-up finds nothing missing any more.
         with build_schedule_context(
             instance=instance,
@@ -189,7 +189,7 @@ def test_sensor_schedule_and_assets_on_postgres_end_to_end(
         assert after.skip_message
 
         # Stored candles equal candles computed from the persisted ticks (date_bin in PostgreSQL).
-        start, end = window_ns(candle_partitions, keys[0])
+        start, end = key_window_ns(candle_partitions, keys[0])
         stored = store.stored_candles("1m", start, end, symbols=["PETR4"])
         expected = store.candles("PETR4", "1m", start, end)
         assert len(stored) == len(expected) > 0

@@ -25,14 +25,12 @@ from hft_pipeline.ingest.feeds.simulator import generate
 from hft_pipeline.market.ticks import concat_batches
 from hft_pipeline.observability.alerts import Alert, Level
 from hft_pipeline.orchestration.alerting import AlertsResource
+from hft_pipeline.orchestration.jobs import ANALYTICS_JOB, REFRESH_TAG
+from hft_pipeline.orchestration.partitions import NS
+from hft_pipeline.orchestration.policies import HealthPolicy, WatermarkPolicy
 from hft_pipeline.orchestration.resources import IngestApiResource, StoreResource
 from hft_pipeline.orchestration.sensors import (
-    ANALYTICS_JOB,
-    LIVE_TAG,
-    NS,
-    HealthPolicy,
     WatermarkCursor,
-    WatermarkPolicy,
     build_first_analytics_sensor,
     build_ingest_health_sensor,
     build_ingest_watermark_sensor,
@@ -119,11 +117,11 @@ class Ticker:
 
 
 def keys(result) -> list[str]:
-    return [r.partition_key for r in result.run_requests if r.tags.get(LIVE_TAG) == "final"]
+    return [r.partition_key for r in result.run_requests if r.tags.get(REFRESH_TAG) == "final"]
 
 
 def live(result) -> list[str]:
-    return [r.partition_key for r in result.run_requests if r.tags.get(LIVE_TAG) == "live"]
+    return [r.partition_key for r in result.run_requests if r.tags.get(REFRESH_TAG) == "live"]
 
 
 def report(result) -> dict[str, Any] | None:
@@ -433,3 +431,20 @@ def test_first_analytics_runs_once_per_indicators_until_a_comparison_exists(inst
 
     instance.report_runless_asset_event(AssetMaterialization("strategy_comparison"))
     assert "comparison exists" in ticker.tick().skip_reason.skip_message
+
+
+def test_ticks_before_the_first_partition_are_reported_once(
+    store, store_url, instance, capfd
+) -> None:
+    Feed(store).until(at(13, 30))
+    late_start = HourlyPartitionsDefinition(start_date="2024-05-01-12:00", timezone="UTC")
+    ticker = watermark_ticker(store_url, instance, Clock(at(13, 30, 5)), partitions=late_start)
+    first = ticker.tick()
+    ticker.tick()
+    # Catch-up starts at the first partition; the hours before it are named, once (the sensor's
+    # log goes to the daemon's output and the tick's log in the UI).
+    assert keys(first) == ["2024-05-01-12:00"]
+    warnings = [line for line in capfd.readouterr().err.splitlines() if "precedes" in line]
+    assert len(warnings) == 1
+    assert "WARNING" in warnings[0]
+    assert "HFT_PARTITIONS_START=2024-05-01T10:00Z" in warnings[0]
