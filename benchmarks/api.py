@@ -1,30 +1,31 @@
-"""Ingest API under load: `GET /ticks/{symbol}?timeframe=raw|1m&limit=1000` while the service
-ingests 50,000 ticks/s over 150 symbols, against `GET /test` (the framework's floor).
+"""Ingest API under load, and what the load costs the zero-loss path: `GET /ticks/{symbol}`
+(raw, 1m, and a mix that includes store-backed queries) from 16 and 64 keep-alive clients while
+the service ingests 50,000 ticks/s over 150 symbols, on SQLite and on PostgreSQL.
 
-The service is the real `hft ingest` command (simulator feed, 150 symbols given with
-`--symbols`, a temporary home) in a subprocess, once on SQLite and once on a scratch PostgreSQL
-database: the persister shares the server's GIL, and the two stores load it differently. Load
-comes from CLIENT_PROCS processes with CLIENT_THREADS threads each, every thread one keep-alive
-`http.client` connection asking for a random symbol, closed loop (a thread sends its next
-request when the last one answered).
-Latency is measured per request in the client, so it includes the client's own overhead on this
-2-core machine shared with the server. The service's accepted ticks/s during each phase are
-reported too, to show the ingest kept up under the query load.
+The service is the real `hft ingest` command (simulator feed, 150 symbols, a temporary home) in a
+subprocess with default settings, so the API's admission control runs with its defaults
+(docs/candles.md). Load comes from CLIENT_PROCS processes of closed-loop threads, each one
+keep-alive `http.client` connection asking for a random path; a client that gets a 429/503 waits
+the Retry-After it was given, as a well-behaved client does. Latency is measured per answered
+request in the client, on the same 2 cores as the server, the persister and the database.
+
+Per phase the benchmark reports req/s, p50/p99 of the 200 answers, the non-200 answers by
+status, and from /status (sampled every second) the persister's share of what was ingested in
+the phase (persisted ticks / accepted ticks, target >= 0.99) and the backlog (accepted, not yet
+persisted) at its largest and at the end: API load must never starve the persister.
+
+Phases run back to back, the first one 10 s after the service started: `1m` then is the first
+minute, when the stored-candle answers are not final yet and every request reads the store
+(the 1m candles kept in candles_1m, an index read); the later `1m` phases are warm (final stored
+candles are kept encoded). `mixed` draws from raw (also oldest-first, which always reads the
+store), 1s/15s (aggregated from stored ticks for what memory does not complete), 1m, 5m, 15m
+and 1h. `GET /test` with 16 clients, last, is the framework's floor in the same run.
 
 Candles: 1000 one-minute candles need ~17 h of data, so before the service starts the store gets
 1001 minutes of history per symbol (one simulator tick a minute, ending a second before start;
-see `_seed_history`); the service resumes after it as after a restart, and a 1m answer holds
-1000 candles, the newest from memory and the rest from the store (the mean `count` is reported).
-Raw responses hold 1000 ticks once the ring buffers have filled (checked before measuring).
+see `_seed_history`): a 1m answer holds 1000 candles, the newest from memory.
 
-Memory completes a symbol's 1m candles only from its first whole minute on, so the candle of the
-service's first minute comes from the store, which aggregates it from ticks; the API keeps that
-answer once it is final (persisted, no late tick since). A long-running service is in that
-steady state, so the 1m phase starts after the first minute closed and after two cold passes
-(every symbol asked once, the persister catches up, every symbol asked again: that answer is final
-and kept); the cold passes' latencies are reported apart.
-
-Run: `.venv/bin/python -m benchmarks.api [--quick]`.
+Run: `.venv/bin/python -m benchmarks.api [--quick]` (--quick: 4 s phases, for development).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
@@ -58,12 +60,35 @@ RATE = 50_000.0
 N_SYMBOLS = 150
 LIMIT = 1000
 CLIENT_PROCS = 2
-CLIENT_THREADS = 4
-FULL_SECONDS = 15.0
-QUICK_SECONDS = 3.0
-TARGET_RPS = 1000.0
-TARGET_P99_MS = 20.0
+FULL_SECONDS = 30.0
+QUICK_SECONDS = 4.0
+START_AFTER_S = 10.0
+#: (paths, clients, label) in the order they run.
+PHASES = (
+    ("1m", 16, "first minute"),
+    ("raw", 16, ""),
+    ("mixed", 16, ""),
+    ("1m", 16, "warm"),
+    ("raw", 64, ""),
+    ("1m", 64, "warm"),
+    ("mixed", 64, ""),
+    ("test", 16, "baseline"),
+)
+TARGET_PERSISTED = 0.99
+TARGET_1M_FIRST_P99_MS = 500.0
+TARGET_1M_WARM_P99_MS = 50.0
 STORES = ("sqlite", "postgresql")
+# Mixed: (path template, weight); {s} is the symbol.
+MIXED = (
+    (f"/ticks/{{s}}?timeframe=raw&limit={LIMIT}", 6),
+    (f"/ticks/{{s}}?timeframe=raw&limit={LIMIT}&order=asc", 2),  # oldest: always the store
+    (f"/ticks/{{s}}?timeframe=1s&limit={LIMIT}", 2),
+    (f"/ticks/{{s}}?timeframe=15s&limit={LIMIT}", 1),
+    (f"/ticks/{{s}}?timeframe=1m&limit={LIMIT}", 5),
+    (f"/ticks/{{s}}?timeframe=5m&limit={LIMIT}", 2),
+    (f"/ticks/{{s}}?timeframe=15m&limit={LIMIT}", 1),
+    (f"/ticks/{{s}}?timeframe=1h&limit={LIMIT}", 1),
+)
 
 
 def _free_port() -> int:
@@ -82,116 +107,113 @@ class _Count(msgspec.Struct):
 _COUNT = msgspec.json.Decoder(_Count)
 
 
-def _client_thread(port: int, paths: list[str], until: float, seed: int) -> tuple[list, int, int]:
-    """Closed-loop GETs on one keep-alive connection; latencies (s), rows returned, errors."""
+def _paths(kind: str, symbols: list[str]) -> list[str]:
+    if kind == "test":
+        return ["/test"]
+    if kind == "mixed":
+        return [t.format(s=s) for t, weight in MIXED for s in symbols for _ in range(weight)]
+    return [f"/ticks/{s}?timeframe={kind}&limit={LIMIT}" for s in symbols]
+
+
+def _client_thread(port: int, paths: list[str], until: float, seed: int) -> tuple:
+    """Closed-loop GETs on one keep-alive connection: latencies (s) of 200s, rows, statuses."""
     rng = random.Random(seed)
     latencies: list[float] = []
-    counts = errors = 0
+    counts = 0
+    statuses: Counter = Counter()
     # http.client rather than requests: about a third of the client CPU per request, which
     # matters when the load generator shares 2 cores with the server.
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
-        while time.perf_counter() < until:
+        while (now := time.perf_counter()) < until:
             path = rng.choice(paths)
-            started = time.perf_counter()
-            conn.request("GET", path)
-            response = conn.getresponse()
-            body = response.read()
-            elapsed = time.perf_counter() - started
+            try:
+                conn.request("GET", path)
+                response = conn.getresponse()
+                body = response.read()
+            except (OSError, http.client.HTTPException):
+                statuses["connection error"] += 1
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                continue
+            elapsed = time.perf_counter() - now
             if response.status != 200:
-                errors += 1
+                statuses[response.status] += 1
+                retry = response.getheader("Retry-After")
+                if retry and retry.isdigit():
+                    time.sleep(max(0.0, min(float(retry), until - time.perf_counter())))
                 continue
             latencies.append(elapsed)
             if path.startswith("/ticks/"):
                 counts += _COUNT.decode(body).count
     finally:
         conn.close()
-    return latencies, counts, errors
+    return latencies, counts, statuses
 
 
-def _client_process(port: int, paths: list[str], seconds: float, seed: int) -> tuple:
-    """One load process: CLIENT_THREADS closed-loop threads for `seconds`."""
+def _client_process(port: int, paths: list[str], threads: int, seconds: float, seed: int):
+    """One load process: `threads` closed-loop clients for `seconds`."""
     until = time.perf_counter() + seconds
-    with ThreadPoolExecutor(CLIENT_THREADS) as pool:
+    with ThreadPoolExecutor(threads) as pool:
         futures = [
-            pool.submit(_client_thread, port, paths, until, seed * 100 + i)
-            for i in range(CLIENT_THREADS)
+            pool.submit(_client_thread, port, paths, until, seed * 1000 + i) for i in range(threads)
         ]
         parts = [f.result() for f in futures]
+    statuses: Counter = Counter()
+    for p in parts:
+        statuses.update(p[2])
+    return [x for p in parts for x in p[0]], sum(p[1] for p in parts), dict(statuses)
+
+
+def _status(base: str) -> tuple[float, int, int, int]:
+    """(time, accepted, persisted, pending) from /status."""
+    body = requests.get(base + "/status", timeout=30).json()
+    persistence = body["persistence"]
     return (
-        [x for p in parts for x in p[0]],
-        sum(p[1] for p in parts),
-        sum(p[2] for p in parts),
+        time.perf_counter(),
+        int(body["ticks"]["accepted"]),
+        int(persistence["persisted_ticks"]),
+        int(persistence["pending_ticks"]),
     )
 
 
-def _accepted(base: str) -> int:
-    return int(requests.get(base + "/status", timeout=10).json()["ticks"]["accepted"])
-
-
-def _phase(pool: ProcessPoolExecutor, port: int, paths: list[str], seconds: float) -> dict:
-    """One load phase: every client process asks `paths` for `seconds`."""
+def _phase(
+    pool: ProcessPoolExecutor, port: int, paths: list[str], clients: int, seconds: float
+) -> dict:
+    """One load phase of `clients` closed-loop clients for `seconds`, /status every second."""
     base = f"http://127.0.0.1:{port}"
-    accepted0, t0 = _accepted(base), time.perf_counter()
-    futures = [pool.submit(_client_process, port, paths, seconds, i) for i in range(CLIENT_PROCS)]
+    samples = [_status(base)]
+    per_proc = [clients // CLIENT_PROCS + (i < clients % CLIENT_PROCS) for i in range(CLIENT_PROCS)]
+    futures = [
+        pool.submit(_client_process, port, paths, n, seconds, i) for i, n in enumerate(per_proc)
+    ]
+    while not all(f.done() for f in futures):
+        time.sleep(max(0.0, samples[-1][0] + 1.0 - time.perf_counter()))
+        samples.append(_status(base))
     parts = [f.result() for f in futures]
-    accepted1, t1 = _accepted(base), time.perf_counter()
     latencies = np.array([x for p in parts for x in p[0]]) * 1e3
+    statuses: Counter = Counter()
+    for p in parts:
+        statuses.update(p[2])
+    (t0, accepted0, persisted0, _), (t1, accepted1, persisted1, _) = samples[0], samples[-1]
     n = len(latencies)
     return {
         "rps": n / seconds,
-        "ms": percentiles(latencies, (50, 95, 99)),
+        "ms": percentiles(latencies, (50, 99)),
         "max_ms": float(latencies.max()) if n else float("nan"),
         "mean_count": sum(p[1] for p in parts) / max(1, n),
-        "errors": sum(p[2] for p in parts),
+        "statuses": dict(statuses),
         "ingest_rate": (accepted1 - accepted0) / (t1 - t0),
+        "persist_rate": (persisted1 - persisted0) / (t1 - t0),
+        "persisted_share": (persisted1 - persisted0) / max(1, accepted1 - accepted0),
+        "backlog_max": max(s[3] for s in samples),
+        "backlog_start": samples[0][3],
+        "backlog_end": samples[-1][3],
     }
 
 
-def _cold_pass(port: int, paths: list[str]) -> dict:
-    """Every path once over CLIENT_PROCS * CLIENT_THREADS connections: latency percentiles."""
-    chunks = [
-        paths[i :: CLIENT_PROCS * CLIENT_THREADS] for i in range(CLIENT_PROCS * CLIENT_THREADS)
-    ]
-
-    def ask(chunk: list[str]) -> list[float]:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        latencies = []
-        try:
-            for path in chunk:
-                started = time.perf_counter()
-                conn.request("GET", path)
-                response = conn.getresponse()
-                response.read()
-                if response.status == 200:
-                    latencies.append(time.perf_counter() - started)
-        finally:
-            conn.close()
-        return latencies
-
-    with ThreadPoolExecutor(len(chunks)) as pool:
-        latencies = np.array([x for part in pool.map(ask, chunks) for x in part]) * 1e3
-    return {"answers": len(latencies), "ms": percentiles(latencies, (50, 95, 99))}
-
-
-def _wait_steady_1m(base: str, started_wall: float, port: int, paths: list[str]) -> dict:
-    """Wait for the first minute to close, ask every symbol once, wait for the persister."""
-    time.sleep(max(0.0, (started_wall // 60 + 1) * 60 + 2 - time.time()))
-    cold = _cold_pass(port, paths)
-    # The first answers are not final yet (their ticks were still being persisted): the first
-    # answer after the persister caught up is, and is kept.
-    target = requests.get(base + "/status", timeout=10).json()["log"]["end_offset"]
-    deadline = time.monotonic() + 60
-    while requests.get(base + "/status", timeout=10).json()["persistence"]["offset"] < target:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the persister did not catch up within 60 s")
-        time.sleep(0.2)
-    cold["settle"] = _cold_pass(port, paths)
-    return cold
-
-
 def _wait_ready(base: str, proc: subprocess.Popen, symbols: list[str], timeout: float) -> None:
-    """Wait until the API answers and every ring buffer holds LIMIT ticks."""
+    """Wait until the API answers and ring buffers hold LIMIT ticks (raw answers are full)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -214,8 +236,8 @@ def _seed_history(store_url: str, symbols: list[str]) -> None:
     Tick k of each symbol is the simulator's own tick k (seed, price, volume), one per minute
     and ending a second ago, so `hft ingest` resumes every symbol after seq LIMIT as after a
     restart (nearly no backlog) and a 1m request with limit=LIMIT gets LIMIT candles: the
-    newest from memory, the rest aggregated by the store, as a long-running service answers.
-    The rows go in under their own offset stream, so the service's tick log offset is untouched.
+    newest from memory, the rest from the store. The rows go in under their own offset stream,
+    so the service's tick log offset is untouched.
     """
     n = LIMIT + 1
     parts = [generate(SIMULATOR_SEED, s, 0, n, RATE, len(symbols), 0) for s in symbols]
@@ -226,14 +248,17 @@ def _seed_history(store_url: str, symbols: list[str]) -> None:
     history = concat_batches(parts)
     store = open_store(store_url)
     try:
-        store.migrate()
         store.write_ticks(history, len(history), stream="bench-history")
     finally:
         store.close()
 
 
-def _serve_and_load(store: str, symbols: list[str], seconds: float) -> dict[str, dict]:
-    """Start `hft ingest` on `store` (sqlite or postgresql), load it phase by phase, stop it."""
+def _load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def _serve_and_load(store: str, symbols: list[str], seconds: float) -> list[dict]:
+    """Start `hft ingest` on `store` (sqlite or postgresql), run PHASES, stop it."""
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     with contextlib.ExitStack() as stack:
@@ -250,22 +275,25 @@ def _serve_and_load(store: str, symbols: list[str], seconds: float) -> dict[str,
             store_url = f"sqlite:///{Path(home) / 'hft.sqlite3'}"
         cmd += ["--store", store_url]
         _seed_history(store_url, symbols)
-        started_wall = time.time()
         with open(Path(home) / "ingest.log", "w") as log:
+            started = time.perf_counter()
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             _wait_ready(base, proc, symbols, 120.0)
-            phases = {
-                "test": ["/test"],
-                "raw": [f"/ticks/{s}?timeframe=raw&limit={LIMIT}" for s in symbols],
-                "1m": [f"/ticks/{s}?timeframe=1m&limit={LIMIT}" for s in symbols],
-            }
-            results: dict[str, dict] = {}
+            time.sleep(max(0.0, started + START_AFTER_S - time.perf_counter()))
+            results = []
             with ProcessPoolExecutor(CLIENT_PROCS) as pool:
-                for name, paths in phases.items():
-                    if name == "1m":
-                        results["1m_cold"] = _wait_steady_1m(base, started_wall, port, paths)
-                    results[name] = _phase(pool, port, paths, seconds)
+                pool.submit(time.sleep, 0).result()  # client processes up before the clock runs
+                for kind, clients, label in PHASES:
+                    load = _load_average()
+                    since = time.perf_counter() - started
+                    r = _phase(pool, port, _paths(kind, symbols), clients, seconds)
+                    results.append(r | {"kind": kind, "clients": clients, "label": label,
+                                        "since_start_s": since, "load": load})  # fmt: skip
+                    print(f"  {store} {kind} x{clients} {label}: {r['rps']:,.0f} req/s "
+                          f"p50 {r['ms'][50]:.1f} p99 {r['ms'][99]:.1f} ms, {r['statuses']}, "
+                          f"persisted {r['persisted_share']:.3f}, backlog max "
+                          f"{r['backlog_max']:,}", flush=True)  # fmt: skip
             return results
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -276,55 +304,56 @@ def _serve_and_load(store: str, symbols: list[str], seconds: float) -> dict[str,
                 proc.wait()
 
 
+def _phase_rows(store: str, r: dict, floor: dict, seconds: float) -> list[dict]:
+    kind, clients = r["kind"], r["clients"]
+    what = "GET /test" if kind == "test" else (
+        f"GET /ticks/{{symbol}}?timeframe={kind}&limit={LIMIT}" if kind != "mixed"
+        else "GET /ticks mixed (raw, raw oldest-first, 1s, 15s, 1m, 5m, 15m, 1h)"
+    )  # fmt: skip
+    label = f" {r['label']}" if r["label"] and kind != "test" else ""
+    tag = f" [{store}, {clients} clients{label}, from {r['since_start_s']:.0f} s]"
+    base = dict(baseline="GET /test, 16 clients, same run", baseline_value=floor["rps"])
+    target = met = None
+    if kind == "1m":
+        limit_ms = TARGET_1M_FIRST_P99_MS if r["label"] == "first minute" else TARGET_1M_WARM_P99_MS
+        if clients == 16:
+            target, met = f"p99 < {limit_ms:g} ms", r["ms"][99] < limit_ms
+    s = r["statuses"]
+    errors = sum(s.values())
+    detail = ", ".join(f"{k}: {v}" for k, v in sorted(s.items(), key=str)) or "none"
+    rows = [
+        row("api", f"{what} throughput{tag}", r["rps"], "req/s", **base,
+            ratio=r["rps"] / floor["rps"]),
+        row("api", f"{what} latency p50{tag}", r["ms"][50], "ms"),
+        row("api", f"{what} latency p99{tag}", r["ms"][99], "ms", target=target, met=met),
+        row("api", f"{what} non-200 answers ({detail}){tag}", errors, "answers"),
+        row("api", f"persisted / ingested ticks while serving{tag}", r["persisted_share"],
+            "ratio", target=f">= {TARGET_PERSISTED}", met=r["persisted_share"] >= TARGET_PERSISTED),
+        row("api", f"backlog (accepted, not persisted): largest, sampled each second{tag}",
+            r["backlog_max"], "ticks", baseline="at the phase's start",
+            baseline_value=r["backlog_start"]),
+    ]  # fmt: skip
+    if kind == "1m" and r["label"] == "first minute":
+        rows.append(row("api", f"{what} latency max{tag}", r["max_ms"], "ms"))
+    if kind != "test":
+        rows.append(row("api", f"ingest accepted ticks/s{tag}", r["ingest_rate"], "ticks/s",
+                        target=f"~{RATE:,.0f} ticks/s", met=r["ingest_rate"] >= 0.95 * RATE))  # fmt: skip
+    return rows
+
+
 def run(quick: bool = False) -> list[dict]:
-    """Rows: req/s and p50/p95/p99 of /ticks raw and 1m under 50k ticks/s ingest vs /test."""
+    """Rows per store and phase: req/s, latency, errors, persisted share, backlog."""
     seconds = QUICK_SECONDS if quick else FULL_SECONDS
-    # With --symbols the simulator runs exactly those (the 5 defaults only come without it).
-    symbols = symbol_names(N_SYMBOLS)
+    symbols = symbol_names(N_SYMBOLS)  # with --symbols the simulator runs exactly those
     rows = []
     for store in STORES:
         results = _serve_and_load(store, symbols, seconds)
-        floor = results["test"]
-        label = (
-            f"under {RATE:,.0f} ticks/s ingest, {len(symbols)} symbols, {store} store, "
-            f"{CLIENT_PROCS}x{CLIENT_THREADS} keep-alive clients, {seconds:.0f} s"
-        )
-        tag = f" [{store}]"
-        for name in ("raw", "1m"):
-            r = results[name]
-            what = f"GET /ticks/{{symbol}}?timeframe={name}&limit={LIMIT}"
-            rows += [
-                row("api", f"{what} throughput ({label})", r["rps"], "req/s",
-                    baseline="GET /test, same clients", baseline_value=floor["rps"],
-                    ratio=r["rps"] / floor["rps"], target=f">= {TARGET_RPS:,.0f} req/s",
-                    met=r["rps"] >= TARGET_RPS),
-                row("api", f"{what} latency p50{tag}", r["ms"][50], "ms",
-                    baseline="GET /test", baseline_value=floor["ms"][50],
-                    ratio=floor["ms"][50] / r["ms"][50]),
-                row("api", f"{what} latency p95{tag}", r["ms"][95], "ms",
-                    baseline="GET /test", baseline_value=floor["ms"][95],
-                    ratio=floor["ms"][95] / r["ms"][95]),
-                row("api", f"{what} latency p99{tag}", r["ms"][99], "ms",
-                    baseline="GET /test", baseline_value=floor["ms"][99],
-                    ratio=floor["ms"][99] / r["ms"][99], target=f"p99 < {TARGET_P99_MS:g} ms",
-                    met=r["ms"][99] < TARGET_P99_MS),
-                row("api", f"{what} mean rows per response{tag}", r["mean_count"], "rows"),
-                row("api", f"{what} non-200 responses{tag}", r["errors"], "responses"),
-                row("api", f"ingest accepted ticks/s while serving {name}{tag}",
-                    r["ingest_rate"], "ticks/s", target=f"~{RATE:,.0f} ticks/s",
-                    met=r["ingest_rate"] >= 0.95 * RATE),
-            ]  # fmt: skip
-        cold = results["1m_cold"]
-        for what, part in (("first", cold), ("second (final, kept)", cold["settle"])):
-            rows += [
-                row("api", f"{what} 1m answer per symbol after the first minute closed, "
-                    f"p{q}{tag}", part["ms"][q], "ms",
-                    baseline=f"{part['answers']} answers, one per symbol")
-                for q in (50, 99)
-            ]  # fmt: skip
+        floor = next(r for r in results if r["kind"] == "test")
+        for r in results:
+            rows += _phase_rows(store, r, floor, seconds)
         rows.append(
-            row("api", f"ingest accepted ticks/s while serving /test{tag}", floor["ingest_rate"],
-                "ticks/s")
+            row("api", f"load average (1 min) when the phases began [{store}]",
+                float(np.mean([r["load"] for r in results])), "runnable")
         )  # fmt: skip
     return rows
 

@@ -450,8 +450,24 @@ class TickQueries:
         ):
             return memory_rows, "memory"
         store_end = complete_from if end is None else min(end, complete_from)
+        forming = self._forming(symbol, tf)
+        fresh: list[bytes] = []
+        if forming < store_end and (start is None or start <= forming):
+            # The bucket of memory's first tick, which only the store completes, is still
+            # forming (a service's first minute, hour): only it is read each time; the candles
+            # before it are final and kept encoded.
+            def forming_rows(store: TickStore) -> list[bytes]:
+                stored = _stored_candles(store, symbol, tf, forming, store_end, None, descending)
+                stored["closed"] = np.zeros(len(stored["ts"]), bool)
+                return _encode_rows(stored, CandleRow)
+
+            fresh = await self._in_store(forming_rows)
+            store_end = forming
         stored_rows = await self._final_stored_rows(symbol, tf, start, store_end, limit, descending)
-        rows = memory_rows + stored_rows if descending else stored_rows + memory_rows
+        if descending:
+            rows = memory_rows + fresh + stored_rows
+        else:
+            rows = stored_rows + fresh + memory_rows
         return rows[:limit], "memory+store"
 
     async def _final_stored_rows(
@@ -502,9 +518,11 @@ class TickQueries:
 
     def _finest_forming(self, symbol: str) -> int:
         """Start of `symbol`'s forming bucket of the finest live timeframe (ticks before are late)."""
-        live = self.service.candles
-        finest = next(iter(live.timeframes))
-        newest = live.candles(symbol, finest, limit=1, descending=True)
+        return self._forming(symbol, next(iter(self.service.candles.timeframes)))
+
+    def _forming(self, symbol: str, tf: str) -> int:
+        """Start of `symbol`'s forming bucket of `tf` in memory (the newest tick's bucket)."""
+        newest = self.service.candles.candles(symbol, tf, limit=1, descending=True)
         return int(newest["ts"].iloc[0]) if len(newest) else np.iinfo(np.int64).min
 
     def _remember(self, key: tuple, entry: _StoredCandles) -> _StoredCandles:

@@ -21,6 +21,7 @@ from hft_pipeline.ingest.admission import StoreGate, TooManyStoreQueries
 from hft_pipeline.market.candles import resample_reference
 from hft_pipeline.market.ticks import TickBatch
 from hft_pipeline.settings import Settings
+from hft_pipeline.store import open_store
 from hft_pipeline_tests.ingest.harness import ScriptedFeed, running_service
 
 NOW_S = int(time.time())
@@ -274,3 +275,46 @@ def test_gate_runs_at_most_max_running_and_queues_at_most_max_waiting() -> None:
     assert store.most_active == 2
     assert gate.stats.admitted == 5 and gate.stats.refused == 4
     gate.close()
+
+
+def test_while_the_first_minute_forms_only_it_is_read_again(tmp_path) -> None:
+    """Memory never completes the bucket of its first tick; while that bucket is the forming
+    one, each answer reads just that bucket from the store, the older candles are kept."""
+    minute = 60 * 10**9
+    if time.time_ns() % minute > 45 * 10**9:  # room for the test inside one minute
+        time.sleep((minute - time.time_ns() % minute) / 1e9 + 0.5)
+    now = time.time_ns()
+    forming = now // minute * minute
+    settings = Settings(home=tmp_path / "home", symbols=("PETR4",))
+    history = TickBatch.from_columns(
+        "PETR4", forming - (30 - np.arange(30)) * minute, np.arange(30), 50.0 + np.arange(30),
+        np.full(30, 2.0),
+    )  # fmt: skip
+    store = open_store(settings.resolved_store_url)
+    store.write_ticks(history, len(history), stream="history")
+    store.close()
+    live = TickBatch.from_columns(
+        "PETR4", np.linspace(forming, now, 20).astype(np.int64), np.arange(30, 50),
+        np.linspace(60.0, 70.0, 20), np.full(20, 1.0),
+    )  # fmt: skip
+    with running_service(settings, ScriptedFeed([live])) as svc:
+        service = svc.service
+        svc.wait(lambda: service.counters.accepted == 20 and service.pending_ticks == 0)
+        reads: list[tuple] = []
+        minute_candles = service.store.minute_candles
+
+        def counted(*args):
+            reads.append(args)
+            return minute_candles(*args)
+
+        service.store.minute_candles = counted
+        want = resample_reference(service.store.read_ticks("PETR4"), "1m")
+        want = list(want.itertuples(index=False, name=None))[::-1]
+        for answers in range(1, 4):
+            body = svc.get("/ticks/PETR4", timeframe="1m", limit=1000).json()
+            got = [(r["ts"], r["open"], r["high"], r["low"], r["close"], r["volume"], r["ticks"])
+                   for r in body["data"]]  # fmt: skip
+            assert got == want and len(got) == 31
+            assert [r["closed"] for r in body["data"]] == [False] + [True] * 30
+            # The first answer reads the forming minute and the 30 before; then only the former.
+            assert [a[2] for a in reads] == [forming, None] + [forming] * (answers - 1)
