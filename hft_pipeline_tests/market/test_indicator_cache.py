@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -97,3 +99,36 @@ def test_full_indicator_set_through_cache_equals_direct() -> None:
     for name, frame in direct.items():
         pd.testing.assert_frame_equal(got1[name], frame)
         pd.testing.assert_frame_equal(got2[name], frame)
+
+
+class DictTier:
+    """A shared tier in a dict: what another process would find (store/redis_cache is Redis)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, object] = {}
+
+    def get(self, key: str):
+        return self.values.get(key)
+
+    def put(self, key: str, value) -> None:
+        self.values[key] = value
+
+    def delete_matching(self, pattern: str) -> int:
+        keys = [k for k in self.values if fnmatch.fnmatchcase(k, pattern)]
+        for k in keys:
+            del self.values[k]
+        return len(keys)
+
+
+def test_a_shared_tier_serves_a_second_cache_and_is_invalidated_with_it() -> None:
+    tier = DictTier()
+    writer, reader = IndicatorCache(shared=tier), IndicatorCache(shared=tier)
+    key = writer.key("sma_5", {}, ["A", "B"], "f")
+    writer.put(key, pd.Series([1.0, 2.0]))
+    got = reader.get(key)
+    assert got.tolist() == [1.0, 2.0]
+    assert (reader.stats.hits, reader.stats.shared_hits, reader.stats.entries) == (1, 1, 1)
+    reader.get(key)  # now from its own memory
+    assert (reader.stats.hits, reader.stats.shared_hits) == (2, 1)
+    assert writer.invalidate(symbol="B") == 2  # its memory entry + the tier's
+    assert tier.values == {} and IndicatorCache(shared=tier).get(key) is None
