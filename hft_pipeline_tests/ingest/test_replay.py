@@ -251,19 +251,16 @@ def test_derived_seq_is_ts_bumped_past_the_previous_seq_of_the_symbol() -> None:
     assert derive_seqs(np.array([0, 1]), np.array([150, 7], np.int64), last).tolist() == [151, 7]
 
 
-def test_files_without_seq_get_seqs_from_ts_across_chunks(tmp_path: Path) -> None:
+def test_seq_is_assigned_per_symbol_in_file_order_after_the_resume_point(tmp_path: Path) -> None:
     path = tmp_path / "noseq.csv"
     rows = ["symbol,ts,price,volume"]
     order = ["PETR4", "VALE3", "PETR4", "PETR4", "R_100", "VALE3", "PETR4"]
-    stamps = [T0, T0, T0, T0 + 1, T0 + 5, T0 + 9, T0 + 2]
-    rows += [f"{s},{t},10.0,100" for s, t in zip(order, stamps, strict=True)]
+    rows += [f"{s},{T0 + i},10.0,100" for i, s in enumerate(order)]
     path.write_text("\n".join(rows) + "\n")
-    out = read_all(path, chunk_rows=3)  # the bump carries across chunks
+    resume = {"VALE3": ResumePoint(seq=41, ts=T0 - 1, price=62.0)}
+    out = read_all(path, chunk_rows=3, resume=resume)  # numbering continues across chunks
     assert list(out["symbol"]) == order
-    assert list(out["seq"] - T0) == [0, 0, 1, 2, 5, 9, 3]
-    resume = {"PETR4": ResumePoint(seq=T0 + 1, ts=T0, price=10.0)}
-    out = read_all(path, chunk_rows=3, resume=resume)  # what the store holds is skipped
-    assert list(out[out.symbol == "PETR4"]["seq"] - T0) == [2, 3]
+    assert list(out["seq"]) == [0, 42, 1, 2, 0, 43, 3]
 
 
 def test_files_with_seq_skip_ticks_at_or_below_the_resume_point(tmp_path: Path) -> None:
@@ -315,14 +312,11 @@ async def test_replay_feed_with_explicit_symbols_and_resume(tmp_path: Path) -> N
     frame = sample_frame(50).drop(columns=["seq"])
     path = tmp_path / "ticks.csv"
     frame.to_csv(path, index=False)
-    petr4 = frame[frame.symbol == "PETR4"]
     feed = ReplayFeed(path, symbols=["PETR4"])
-    tenth = int(petr4.ts.iloc[9])  # ts are distinct per symbol: the derived seq is the ts
-    feed.resume_from({"PETR4": ResumePoint(seq=tenth, ts=tenth, price=1.0)})
+    feed.resume_from({"PETR4": ResumePoint(seq=9, ts=0, price=1.0)})
     out = concat_batches([b async for b in feed.batches()])
     assert set(out.symbol_names()) == {"PETR4"}
-    np.testing.assert_array_equal(out.seq, petr4.ts.to_numpy()[10:])
-    np.testing.assert_array_equal(out.ts, petr4.ts.to_numpy()[10:])
+    np.testing.assert_array_equal(out.seq, np.arange(10, 60))
 
 
 async def test_replay_feed_counts_the_rows_it_rejects(tmp_path: Path) -> None:

@@ -428,33 +428,45 @@ def read_tick_file(
 ) -> Iterator[TickBatch]:
     """Yield the file's accepted ticks as TickBatches of at most `chunk_rows`, in file order.
 
-    This is the replay feed's view of a file. Memory stays bounded by the chunk size. A file
-    without seq gets `derive_seqs` in file order (the same seqs `hft import` gives a file in
-    time order). Ticks whose seq is at or below their symbol's `resume` point are skipped.
-    Rejected rows are counted in `reader.rejected` (pass a TickFileReader to see them).
+    This is the replay feed's view of a file; memory stays bounded by the chunk size. With a
+    seq column, ticks at or below their symbol's `resume` point are skipped and the rest
+    passed on in any order (the service's sequencer judges them). Without one, ticks are
+    numbered per symbol in file order after the resume point: consecutive seqs, because the
+    live sequencer would count every jump of a ts-derived seq as a gap (`hft import` derives
+    seqs from ts instead, docs/import.md). Rejected rows are counted in `reader.rejected`.
     """
     reader = reader or TickFileReader(path, chunk_rows=chunk_rows, strict=strict)
     resume = resume or {}
     index = SymbolIndex()
-    last = np.full(0, -1, np.int64)
-    floor = np.full(0, np.iinfo(np.int64).min, np.int64)
+    floor = np.full(0, -1, np.int64)  # per symbol: the resume point's seq, -1 for none
     for chunk in reader.chunks():
         batch = chunk.ticks
         if not len(batch):
             continue
         ids = index.ids_for(batch)
-        if len(index) > len(last):
-            new = index.names[len(last) :]
-            last = np.concatenate([last, np.full(len(new), -1, np.int64)])
-            points = [resume[s].seq if s in resume else np.iinfo(np.int64).min for s in new]
+        if len(index) > len(floor):
+            new = index.names[len(floor) :]
+            points = [resume[s].seq if s in resume else -1 for s in new]
             floor = np.concatenate([floor, np.array(points, np.int64)])
         if not reader.has_seq:
-            batch.seq = derive_seqs(ids, batch.ts, last)
+            counts = np.bincount(ids, minlength=len(floor))
+            batch.seq = floor[ids] + 1 + _rank_per_symbol(ids, counts)
+            floor += counts  # the numbering continues in the next chunk
+            yield batch
+            continue
         keep = batch.seq > floor[ids]
         if not keep.all():
             batch = batch.take(keep)
         if len(batch):
             yield batch
+
+
+def _rank_per_symbol(ids: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Position of each tick among the ticks of its symbol in this batch (0, 1, 2, ...)."""
+    order = np.argsort(ids, kind="stable")
+    rank = np.empty(ids.size, np.int64)
+    rank[order] = np.arange(ids.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    return rank
 
 
 class ReplayFeed:
@@ -506,7 +518,7 @@ class ReplayFeed:
         self._excluded.add(symbol)
 
     def resume_from(self, last: dict[str, ResumePoint]) -> None:
-        """Skip ticks at or below each symbol's last known seq."""
+        """Number (files without seq) or skip (files with seq) ticks relative to `last`."""
         self._resume.update(last)
 
     async def close(self) -> None:
