@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import os
 
+from hft_pipeline.runtime import configure_numba_cache
+
+# Before anything can import numba (run workers import vectorbt after loading this module):
+# numba reads its cache directory once (docs/layers.md).
+configure_numba_cache()
+
 from dagster import Definitions, EnvVar
 
 from hft_pipeline.orchestration.alerting import AlertsResource, run_failure_alert_sensor
