@@ -129,16 +129,16 @@ def import_file(
     lock = lock_home(home)
     rows = _SortedRuns("seq" if reader.has_seq else "ts", home / "sort", sort_run_rows)
     result = ImportResult(path)
-    service = IngestService(import_settings, live=False)
     plan: _FilePlan | None = None
+    service: IngestService | None = None
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-open")
-    # Opening the service (store, migrations, an earlier run's backlog, ~1 s of compiled-code
-    # loading) runs while the file is checked: it writes nothing of this file.
+    # Starting the service (~1 s of compiled-code loading, the store, migrations, an earlier
+    # run's backlog) runs while the file is checked: it writes nothing of this file.
     stop_opening = threading.Event()
-    opening = pool.submit(_open, service, stop_opening)
+    opening = pool.submit(_open_service, import_settings, stop_opening)
     try:
         plan = _check_file(reader, rows, progress)
-        opening.result()
+        service = opening.result()
         # The importer removes exactly the duplicates; the service's filter would also drop
         # older history (any seq not above the symbol's highest).
         service.sequencer = _KeepAll()
@@ -153,35 +153,47 @@ def import_file(
         stop_opening.set()
         futures.wait([opening])
         pool.shutdown()
-        opened = opening.exception() is None
-        service.close()
+        service = opening.result() if opening.exception() is None else None
         result.rows = reader.read
         result.rejected = {k: v for k, v in reader.rejected.items() if v}
-        for reason, count in service.validator.rejected.items():
-            if count:
-                result.rejected[reason] = result.rejected.get(reason, 0) + count
-        persisted = service.persister.persisted_ticks if service.persister else 0
-        result.accepted = service.counters.accepted
-        result.persisted = persisted - result.resumed
-        result.pending = service.pending_ticks
-        result.duplicates = service.counters.duplicates
+        if service is not None:
+            service.close()
+            _count_service(service, result)
         if plan is not None:
             result.duplicates += plan.duplicates_in_file + plan.duplicates_stored
             result.duplicates_stored = plan.duplicates_stored
         result.seconds = time.perf_counter() - started
         lock.close()
         # Delete the import's log only when nothing in it can be unpersisted.
-        if (opened and result.pending == 0) or not import_settings.log_dir.exists():
+        if (service is not None and result.pending == 0) or not import_settings.log_dir.exists():
             shutil.rmtree(home, ignore_errors=True)
     return result
 
 
-def _open(service: IngestService, stop: threading.Event) -> None:
-    """Open the service and block until it reaches its store (it retries with backoff), or
-    until `stop` is set."""
-    service.open()
-    if not getattr(service, "store_ready", True):
-        asyncio.run(_connect(service, stop))
+def _count_service(service: IngestService, result: ImportResult) -> None:
+    """Add what the service counted (its validator rejects nothing the reader let through)."""
+    for reason, count in service.validator.rejected.items():
+        if count:
+            result.rejected[reason] = result.rejected.get(reason, 0) + count
+    persisted = service.persister.persisted_ticks if service.persister else 0
+    result.accepted = service.counters.accepted
+    result.persisted = persisted - result.resumed
+    result.pending = service.pending_ticks
+    result.duplicates += service.counters.duplicates
+
+
+def _open_service(settings: Settings, stop: threading.Event) -> IngestService:
+    """A started service for the import's log: blocks until it reaches its store (retrying
+    with backoff) or until `stop` is set."""
+    service = IngestService(settings, live=False)
+    try:
+        service.open()
+        if not getattr(service, "store_ready", True):
+            asyncio.run(_connect(service, stop))
+    except BaseException:
+        service.close()
+        raise
+    return service
 
 
 async def _connect(service: IngestService, stop: threading.Event) -> None:
