@@ -3,7 +3,8 @@
 Columns: symbol, ts, price, volume, and optionally bid, ask, seq. `ts` is int64 nanoseconds
 since the Unix epoch, or ISO-8601 text / a datetime column (converted to UTC; naive means UTC).
 A bad row is rejected and counted by reason (or, strict, refuses the file naming its row and
-column); a file without `seq` gets seqs derived from `ts`. The rules: docs/import.md.
+column). `derive_seqs` is the import's seq rule for files without seq; the replay feed numbers
+them in file order instead (`read_tick_file`). The rules: docs/import.md.
 """
 
 from __future__ import annotations
