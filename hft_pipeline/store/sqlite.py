@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
@@ -75,22 +76,24 @@ _CANDLE_DTYPE = np.dtype(
 )
 
 # SQLite binds NaN as NULL, which is exactly the NaN <-> NULL mapping bid/ask need.
-_INSERT_TICKS = "insert into ticks (symbol_id, ts_ns, seq, price, volume, bid, ask) values (?, ?, ?, ?, ?, ?, ?)"
+# Statements as (head, tail) around the VALUES list `_insert_rows` puts in between.
+_INSERT_TICKS = ("insert into ticks (symbol_id, ts_ns, seq, price, volume, bid, ask)", "")
 _TRANSIENT = ("locked", "busy", "disk", "i/o", "unable to open", "closed", "readonly")
 
-_UPSERT_TOTALS = """
-    insert into symbol_stats (symbol_id, rows, max_ts_ns, max_seq) values (?, ?, ?, ?)
-    on conflict (symbol_id) do update set
+_UPSERT_TOTALS = (
+    "insert into symbol_stats (symbol_id, rows, max_ts_ns, max_seq)",
+    """on conflict (symbol_id) do update set
         rows = rows + excluded.rows,
         max_ts_ns = max(max_ts_ns, excluded.max_ts_ns),
-        max_seq = max(max_seq, excluded.max_seq)
-"""
+        max_seq = max(max_seq, excluded.max_seq)""",
+)
 # The batch's 1m partial candles merged into candles_1m (docs/candles.md).
 _UPSERT_MINUTES = (
-    f"insert into candles_1m as o ({', '.join(MINUTE_COLUMNS)}) "
-    f"values ({', '.join('?' * len(MINUTE_COLUMNS))}) "
-    f"on conflict (symbol_id, ts_ns) do update set {merge_assignments('max', 'min')}"
+    f"insert into candles_1m as o ({', '.join(MINUTE_COLUMNS)})",
+    f"on conflict (symbol_id, ts_ns) do update set {merge_assignments('max', 'min')}",
 )
+#: Rows per multi-row INSERT (SQLite allows 32,766 bound values by default, this build more).
+_ROWS_PER_STATEMENT = 2048
 _UPSERT_OFFSET = """
     insert into consumer_offsets (stream, "offset", updated_at) values (?, ?, ?)
     on conflict (stream) do update set "offset" = excluded."offset", updated_at = excluded.updated_at
@@ -128,8 +131,9 @@ class SqliteStore:
             # WAL: readers (API thread) never block the writer (persister) nor wait for it.
             conn.execute("pragma journal_mode = wal")
             # NORMAL skips the fsync per commit; a power cut may lose the last commits, which is
-            # fine because the tick log is the durable record and the offset stored with the
-            # ticks makes the replay after restart exact (DESIGN §3).
+            # fine because the tick log still holds them (the persister calls make_durable
+            # before retention deletes a segment) and the offset stored with the ticks makes
+            # the replay after restart exact (docs/durability.md).
             conn.execute("pragma synchronous = normal")
             with self._lock:
                 self._connections.append(conn)
@@ -194,35 +198,16 @@ class SqliteStore:
             conn.execute("begin immediate")
             try:
                 if n:
-                    conn.executemany(
-                        _INSERT_TICKS,
-                        zip(
-                            table[batch.sym].tolist(),
-                            batch.ts.tolist(),
-                            batch.seq.tolist(),
-                            batch.price.tolist(),
-                            batch.volume.tolist(),
-                            batch.bid.tolist(),
-                            batch.ask.tolist(),
-                            strict=True,
-                        ),
-                    )
+                    columns = (batch.ts, batch.seq, batch.price, batch.volume, batch.bid, batch.ask)
+                    _insert_rows(conn, _INSERT_TICKS, (table[batch.sym], *columns))
                     totals = symbol_totals(batch)
-                    conn.executemany(
+                    _insert_rows(
+                        conn,
                         _UPSERT_TOTALS,
-                        zip(
-                            table[totals.sym].tolist(),
-                            totals.rows.tolist(),
-                            totals.max_ts.tolist(),
-                            totals.max_seq.tolist(),
-                            strict=True,
-                        ),
+                        (table[totals.sym], totals.rows, totals.max_ts, totals.max_seq),
                     )
                     # A few hundred rows per batch (symbols x minutes it touches), not per tick.
-                    minutes = upsert_columns(batch_minutes(batch), table)
-                    conn.executemany(
-                        _UPSERT_MINUTES, zip(*(c.tolist() for c in minutes), strict=True)
-                    )
+                    _insert_rows(conn, _UPSERT_MINUTES, upsert_columns(batch_minutes(batch), table))
                 self._write_offset(conn, stream, log_offset)
                 conn.execute("commit")
             except BaseException:
@@ -392,6 +377,16 @@ class SqliteStore:
         """Raise StoreUnavailableError unless the database file answers `select 1`."""
         with self._unavailable("ping"):
             self._conn().execute("select 1").fetchone()
+
+    def make_durable(self) -> None:
+        """Make every committed write survive a power loss.
+
+        With `synchronous = normal` a commit is not fsynced; SQLite syncs the WAL before each
+        checkpoint, so a passive checkpoint makes all committed transactions durable. The
+        persister calls this before log retention deletes segments the store holds.
+        """
+        with self._unavailable("make_durable"):
+            self._conn().execute("pragma wal_checkpoint(passive)").fetchone()
 
     def close(self) -> None:
         """Close the connections of every thread; later calls raise StoreUnavailableError."""
@@ -696,6 +691,38 @@ class SqliteStore:
             if row is None:
                 return None
             return row[0], _read_cells(conn, "comparison_rows", row[0], json.loads(row[1]))
+
+
+def _insert_rows(
+    conn: sqlite3.Connection, statement: tuple[str, str], columns: Sequence[np.ndarray]
+) -> None:
+    """`head values (...), (...), ... tail` for the rows of `columns`, in a few statements.
+
+    executemany steps the statement once per row, and Python's sqlite3 releases and retakes the
+    GIL around every step: while API threads hold the GIL, each retake waits up to the switch
+    interval (5 ms), which starved the persister under query load (docs/candles.md). A multi-row
+    INSERT steps once, so a batch costs a handful of GIL handovers instead of one per row.
+    """
+    head, tail = statement
+    width, n = len(columns), len(columns[0])
+    flat: list = [None] * (n * width)
+    for j, column in enumerate(columns):
+        flat[j::width] = column.tolist()
+    done = 0
+    while done < n:
+        # Largest power of two that fits: at most log2(_ROWS_PER_STATEMENT) + 1 statement texts,
+        # all kept prepared by the connection's statement cache.
+        size = min(_ROWS_PER_STATEMENT, 1 << ((n - done).bit_length() - 1))
+        conn.execute(
+            _values_sql(head, tail, width, size), flat[done * width : (done + size) * width]
+        )
+        done += size
+
+
+@functools.lru_cache(maxsize=64)
+def _values_sql(head: str, tail: str, width: int, rows: int) -> str:
+    row = "(" + ", ".join("?" * width) + ")"
+    return f"{head} values {', '.join([row] * rows)} {tail}"
 
 
 def _candle_rows(
