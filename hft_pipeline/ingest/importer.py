@@ -28,7 +28,6 @@ from hft_pipeline.ingest.feeds.replay import (
     count_rows,
     derive_seqs,
 )
-from hft_pipeline.ingest.sequencer import Sequencer, SequenceStats
 from hft_pipeline.ingest.server import lock_home
 from hft_pipeline.ingest.service import IngestService
 from hft_pipeline.market.ticks import SymbolIndex, TickBatch
@@ -139,9 +138,6 @@ def import_file(
     try:
         plan = _check_file(reader, rows, progress)
         service = opening.result()
-        # The importer removes exactly the duplicates; the service's filter would also drop
-        # older history (any seq not above the symbol's highest).
-        service.sequencer = _KeepAll()
         _persist(service, progress, "backlog")
         assert service.store is not None and service.persister is not None
         result.resumed = service.persister.persisted_ticks
@@ -185,10 +181,12 @@ def _count_service(service: IngestService, result: ImportResult) -> None:
 def _open_service(settings: Settings, stop: threading.Event) -> IngestService:
     """A started service for the import's log: blocks until it reaches its store (retrying
     with backoff) or until `stop` is set."""
-    service = IngestService(settings, live=False)
+    # The importer removes exactly the duplicates; the service's filter would also drop older
+    # history (any seq not above the symbol's highest).
+    service = IngestService(settings, live=False, dedup=False)
     try:
         service.open()
-        if not getattr(service, "store_ready", True):
+        if not service.store_ready:
             asyncio.run(_connect(service, stop))
     except BaseException:
         service.close()
@@ -206,13 +204,6 @@ async def _connect(service: IngestService, stop: threading.Event) -> None:
             raise StoreUnavailableError(f"import stopped before {service.store!r} was reachable")
         await asyncio.sleep(0.05)
     connecting.result()
-
-
-class _KeepAll(Sequencer):
-    """The service's duplicate filter switched off (the importer has already applied it)."""
-
-    def process(self, batch: TickBatch) -> tuple[TickBatch, SequenceStats]:
-        return batch, SequenceStats()
 
 
 @dataclass(slots=True)
