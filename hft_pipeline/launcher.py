@@ -181,9 +181,10 @@ class Launcher:
     def _run(self, env: Mapping[str, str]) -> int:
         c = self.config
         self.children["ingest"] = _spawn(self.ingest_argv(), env, self.project_dir)
-        # Dagster starts once the store holds ticks, so the partitions start where the data does.
+        # Dagster starts once the ingest API answers (healthy or not: a store that is down at
+        # start is the service's to wait for, and /health says so).
         deadline = time.monotonic() + c.start_timeout_s
-        while not _http_ok(c.api_host, c.api_port, "/health"):
+        while not _http_ok(c.api_host, c.api_port, "/test"):
             if self.stop_signal is not None:
                 return 0
             code = self.children["ingest"].poll()
@@ -191,7 +192,7 @@ class Launcher:
                 log.error("hft ingest exited with %d during start", code)
                 return code or 1
             if time.monotonic() > deadline:
-                log.error("hft ingest did not answer /health within %.0fs", c.start_timeout_s)
+                log.error("hft ingest did not answer /test within %.0fs", c.start_timeout_s)
                 return 1
             time.sleep(0.2)
         self.children["dagster"] = _spawn(self.dagster_argv(), env, self.project_dir)

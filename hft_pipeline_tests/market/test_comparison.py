@@ -1,15 +1,13 @@
-"""Strategy comparison: chunked sweeps equal one-shot sweeps, ranking, PNG figures."""
+"""Strategy comparison: chunked sweeps equal one-shot sweeps, ranking."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from hft_pipeline.market.backtest import BacktestConfig, run_backtest
-from hft_pipeline.market.comparison import compare_strategies, render_figures, sweep
+from hft_pipeline.market.comparison import compare_strategies, sweep
 from hft_pipeline.market.frames import to_wide
 from hft_pipeline.market.strategies import get_strategy
 
@@ -43,7 +41,7 @@ def test_chunked_sweep_equals_single_call_and_single_runs() -> None:
     assert row["n_trades"] == alone["n_trades"] and row["params"] == "fast=15, slow=50"
 
 
-def test_compare_ranks_best_params_per_strategy_and_symbol(tmp_path: Path) -> None:
+def test_compare_ranks_best_params_per_strategy_and_symbol() -> None:
     wide = _wide()
     res = compare_strategies(wide, max_bytes=2 * 1024**2)
     assert len(res.best) == 4 * 3
@@ -57,10 +55,3 @@ def test_compare_ranks_best_params_per_strategy_and_symbol(tmp_path: Path) -> No
         eq = res.equity[(b["strategy"], b["symbol"])]
         assert eq.iloc[-1] / 10_000 - 1 == pytest.approx(b["total_return"], rel=1e-12)
     assert (res.drawdown <= 0).all().all()
-
-    paths = render_figures(res, tmp_path)
-    assert set(paths) == {"equity_curves", "drawdown", "heatmap_sma_crossover",
-                          "heatmap_rsi_mean_reversion", "heatmap_bollinger_breakout",
-                          "heatmap_macd_signal_cross"}  # fmt: skip
-    for p in paths.values():
-        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
