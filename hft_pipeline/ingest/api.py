@@ -1,4 +1,4 @@
-"""The ingest HTTP API (DESIGN §4): subscriptions, ticks and candles, status, health, metrics.
+"""The ingest HTTP API (docs/api.md): subscriptions, ticks and candles, status, health, metrics.
 
 Memory (ring buffers, live candles) is read on the event-loop thread that mutates it, so no
 lock is needed; store queries run in worker threads and fill what memory does not hold.
@@ -91,7 +91,8 @@ class Health(BaseModel):
 
 
 #: The times /ticks accepts (docs/api.md, Times): the int64 nanoseconds since the epoch that
-#: ticks carry (DESIGN §2), from 0 up, as pandas and numpy can represent every one of them.
+#: ticks carry (docs/architecture.md#ticks), from 0 up, as pandas and numpy can represent
+#: every one of them.
 MIN_TIME_NS, MAX_TIME_NS = 0, 2**63 - 1
 TIME_RANGE = "1970-01-01T00:00:00Z..2262-04-11T23:47:16.854775807Z (0..9223372036854775807 ns)"
 _TIME_TEXT = f"ns since the epoch or ISO-8601 (no offset: UTC) in {TIME_RANGE}; empty: none"
@@ -336,8 +337,9 @@ class _StoredCandles:
     `settle_offset`: the log end when the symbol's forming bucket of the finest timeframe had
     passed `end`; every tick accepted since with ts < `end` was counted late. Once the persister
     has stored the log up to there and no tick was late since, the store's candles before `end`
-    are final (DESIGN §2: closed candles change only through late ticks) and their JSON rows
-    (`encoded`, as `_encode_rows` gives them) are kept: encoding is most of an answer's cost.
+    are final (docs/architecture.md#candles: closed candles change only through late ticks)
+    and their JSON rows (`encoded`, as `_encode_rows` gives them) are kept: encoding is most
+    of an answer's cost.
     """
 
     settle_offset: int
@@ -368,8 +370,9 @@ class TickQueries:
 
     Stored candles older than what memory completes are cached once final (see _StoredCandles):
     encoding is most of an answer's cost. The cache assumes this process's persister is the
-    only writer of its symbols' ticks (one ingest process per symbol, DESIGN §3); any late tick
-    empties it, as the live candles count late ticks over all symbols.
+    only writer of its symbols' ticks (one ingest process per symbol,
+    docs/architecture.md#scaling-out); any late tick empties it, as the live candles count
+    late ticks over all symbols.
     """
 
     #: Bounds of the stored-candles cache (entries, candles over all entries): oldest go first.

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: The symbol grammar (DESIGN §2) as a JSON Schema / OpenAPI pattern, where `$` ends the text.
+#: The symbol grammar (docs/architecture.md#symbols) as a JSON Schema / OpenAPI pattern, where
+#: `$` ends the text.
 SYMBOL_REGEX = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$"
 #: The same grammar for Python's `re`, where `$` also matches before a final newline ("PETR4\n"
 #: would pass `match`): `\Z` ends the text whether one calls `match`, `fullmatch` or `search`.

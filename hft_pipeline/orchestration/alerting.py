@@ -43,7 +43,8 @@ _ENV_NAMES = {
 
 
 class AlertsResource(dg.ConfigurableResource):
-    """Alert channels for Dagster code. Unset fields fall back to DESIGN §5's environment names.
+    """Alert channels for Dagster code. Unset fields fall back to the alert variables
+    (docs/configuration.md).
 
     Pass secrets as `dg.EnvVar(...)` (or leave them unset) so they never appear in the UI.
     With nothing configured the resource loads and sends nothing.

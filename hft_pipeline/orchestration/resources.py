@@ -51,7 +51,7 @@ class IngestApiError(RuntimeError):
 
 
 class IngestApiResource(ConfigurableResource):
-    """Client of the ingest service's HTTP API (DESIGN §4)."""
+    """Client of the ingest service's HTTP API (docs/api.md)."""
 
     base_url: str = Field(default="http://127.0.0.1:8002", description="Ingest API root URL.")
     token: str | None = Field(default=None, description="Bearer token (HFT_API_TOKEN), if set.")

@@ -115,7 +115,7 @@ class TickStore(Protocol):
         """Candles of `symbol` computed from stored ticks, buckets with start_ns <= ts < end_ns.
 
         Columns: ts (bucket start, int64 ns), open, high, low, close, volume, ticks.
-        Semantics of DESIGN §2: open/close are the first/last tick by (ts, seq).
+        Semantics of docs/architecture.md#candles: open/close are the first/last tick by (ts, seq).
         """
 
     def minute_candles(

@@ -1,4 +1,4 @@
-"""Symbol validation: the DESIGN §2 grammar, matched against the whole name."""
+"""Symbol validation: the rule of docs/architecture.md#symbols, matched against the whole name."""
 
 from __future__ import annotations
 

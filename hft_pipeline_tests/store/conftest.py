@@ -113,7 +113,8 @@ def expected_ticks(frame: pd.DataFrame, symbol: str) -> pd.DataFrame:
 
 
 def pandas_candles(frame: pd.DataFrame, symbol: str, rule: str) -> pd.DataFrame:
-    """The reference of DESIGN §2: pandas resample(closed="left", label="left") of the ticks."""
+    """The reference of docs/architecture.md#candles: pandas resample(closed="left",
+    label="left") of the ticks."""
     part = expected_ticks(frame, symbol)
     indexed = part.set_index(pd.to_datetime(part["ts"], unit="ns"))
     resampled = indexed.resample(rule, closed="left", label="left")

@@ -1,7 +1,7 @@
 -- Initial schema: symbols, ticks (hypertable or native daily partitions), offsets, subscriptions.
 -- ts_ns is the exact source of truth; ts (= ts_ns floored to microseconds) exists for
 -- partitioning, BRIN and date_bin. No unique index on ticks: exactly-once comes from writing
--- the consumer offset in the same transaction as the ticks (DESIGN §3).
+-- the consumer offset in the same transaction as the ticks (docs/durability.md).
 
 create table if not exists symbols (
     id integer generated always as identity primary key,

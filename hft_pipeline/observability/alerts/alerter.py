@@ -63,7 +63,8 @@ class Alerter:
     def from_env(
         cls, env: Mapping[str, str] | None = None, *, retry: RetryPolicy | None = None
     ) -> Alerter:
-        """Channels from DESIGN §5's variables; a channel whose settings are missing is disabled."""
+        """Channels from the alert variables (docs/configuration.md); a channel whose settings
+        are missing is disabled."""
         env = os.environ if env is None else env
         get = lambda name: (env.get(name) or "").strip()  # noqa: E731
         channels: list[Channel] = []
