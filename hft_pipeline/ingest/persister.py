@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from hft_pipeline.ingest.checkpoint import Checkpoint
-from hft_pipeline.ingest.ticklog import TickLog
+from hft_pipeline.ingest.ticklog import LogBackend
 from hft_pipeline.market.ticks import TickBatch, concat_batches
 from hft_pipeline.observability.metrics import IngestMetrics
 from hft_pipeline.observability.redaction import redact
@@ -42,7 +42,7 @@ class Persister:
 
     def __init__(
         self,
-        ticklog: TickLog,
+        ticklog: LogBackend,
         store: TickStore,
         metrics: IngestMetrics | None = None,
         batch_size: int = 2000,

@@ -1,7 +1,7 @@
 """The ingest service: feed batches -> validate -> dedup -> tick log -> buffers + live candles.
 
 One asyncio process. The hot path (`ingest`) is synchronous and vectorized per batch; the
-persister drains the log into the store on its own thread (DESIGN §3).
+persister drains the log into the store on its own thread (docs/durability.md).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from hft_pipeline.ingest.feeds.base import Feed, ResumePoint
 from hft_pipeline.ingest.live_candles import LiveCandles
 from hft_pipeline.ingest.persister import Persister
 from hft_pipeline.ingest.sequencer import Sequencer, SequenceStats, SilenceDetector
-from hft_pipeline.ingest.ticklog import TickLog, TickLogError
+from hft_pipeline.ingest.ticklog import LogBackend, TickLog, TickLogError
 from hft_pipeline.ingest.validation import TickValidator
 from hft_pipeline.market.ticks import SymbolIndex, TickBatch, is_valid_symbol, validate_symbol
 from hft_pipeline.observability.metrics import IngestMetrics
@@ -107,7 +107,7 @@ class IngestService:
         self.counters = Counters()
         self.recovery = RecoveryReport()
         self.exchanges: dict[str, str] = {}
-        self.log: TickLog | None = None
+        self.log: LogBackend | None = None
         self.persister: Persister | None = None
         self.checkpoint: Checkpoint | None = None
         #: True once the store was reached, migrated and the persister drains into it.
@@ -137,12 +137,7 @@ class IngestService:
         if self.store is None:
             self.store = make_store(s.resolved_store_url, pool_size=s.pool_size)
         self._stream = self._stream_name()  # before the log directory is (re)created
-        self.log = TickLog(
-            s.log_dir,
-            fsync=s.log_fsync,
-            fsync_interval_ms=s.log_fsync_interval_ms,
-            segment_bytes=s.log_segment_bytes,
-        )
+        self.log = TickLog.from_settings(s)
         self.checkpoint = Checkpoint.load(s.home)
         report = RecoveryReport(truncated_bytes=self.log.truncated_bytes)
         for batch, _ in self.log.replay(self.log.start_offset):
