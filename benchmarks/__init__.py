@@ -1,1 +1,1 @@
-"""Speed and memory benchmarks: `python -m benchmarks [--quick] [NAME ...]` (see README)."""
+"""Speed and memory benchmarks: `python -m benchmarks [--quick] [NAME ...]` (see README.md)."""

@@ -1,6 +1,6 @@
 """Run benchmarks, print one table, write JSON and refresh benchmarks/RESULTS.md.
 
-Each module in MODULES exposes `run(quick: bool) -> list[dict]` rows (see benchmarks/README).
+Each module in MODULES exposes `run(quick: bool) -> list[dict]` rows (see benchmarks/README.md).
 """
 
 from __future__ import annotations

@@ -118,7 +118,7 @@ def _resume_by_summing_ms(k: int) -> float:
 
 
 def run(quick: bool = False) -> list[dict]:
-    """Benchmark rows (see benchmarks/README)."""
+    """Benchmark rows (see benchmarks/README.md)."""
     per_symbol = 10_000 if quick else 100_000
     naive_per_symbol = 1_000 if quick else 10_000
     _bulk(1_000)  # warm up numpy paths
