@@ -1,69 +1,399 @@
-"""One settings object read from `HFT_*` environment variables, shared by ingest and Dagster."""
+"""Every tunable of the system in one typed model, read once from the environment.
+
+Field `x` reads `HFT_X` (the alert channels and a few tools' own variables keep their names).
+Fields are flat, so `settings.persist_batch_size` reads as before; each belongs to one group
+(`GROUPS`), and docs/configuration.md and `hft config` list them by group.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
 
 from hft_pipeline.market.ticks import InvalidSymbolError, validate_symbol
-from hft_pipeline.observability.redaction import redact_url
+from hft_pipeline.observability.redaction import MASK, redact_url
 
 FSYNC_POLICIES = ("always", "interval", "off")
+
+#: First hourly partition when HFT_PARTITIONS_START is unset. Sensors and the catch-up schedule
+#: start at the first stored tick, not here, so an early default requests nothing by itself.
+DEFAULT_PARTITIONS_START = datetime(2025, 1, 1, tzinfo=UTC)
+
+#: The groups, in the order the docs and `hft config` show them: (key, title).
+GROUPS: tuple[tuple[str, str], ...] = (
+    ("store", "Home and store"),
+    ("api", "Ingest API"),
+    ("buffers", "Ring buffers and live candles"),
+    ("log", "Tick log"),
+    ("persister", "Persister"),
+    ("ingest", "Validation, gaps and shutdown"),
+    ("feed", "Feeds"),
+    ("partitions", "Partitions"),
+    ("sensors", "Watermark sensor"),
+    ("health", "Ingest health alerts"),
+    ("alerts", "Alert channels"),
+    ("cache", "Indicator cache"),
+    ("runtime", "Dagster and process start-up"),
+)
+
+#: Where a value came from, as `hft config` shows it.
+DEFAULT, COMMAND_LINE, SET_IN_CODE = "default", "command line", "set in code"
 
 
 class SettingsError(ValueError):
     """An environment variable or option with a value we cannot use."""
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Every tunable of the system. Field `x` reads `HFT_X` from the environment."""
+def _var(group: str, env: str, default: Any, doc: str, **constraints: Any) -> Any:
+    return Field(
+        default,
+        description=doc,
+        validation_alias=env,
+        json_schema_extra={"group": group, "env": env},
+        **constraints,
+    )
 
-    home: Path = Path(".hft")
-    store_url: str = ""  # empty: sqlite:///<home>/hft.sqlite3
-    api_host: str = "127.0.0.1"
-    api_port: int = 8002
-    api_token: str = ""
-    # API store queries (docs/candles.md): at most this many at once, this many more waiting
-    # (each up to api_store_wait_ms, else 429), each cancelled after api_store_timeout_s (503).
-    api_store_queries: int = 2
-    api_store_queue: int = 32
-    api_store_wait_ms: int = 1000
-    api_store_timeout_s: float = 5.0
-    # Ring buffers: per-symbol capacity, bounded globally by a memory budget.
-    buffer_capacity: int = 5_000_000
-    buffer_max_bytes: int = 2 * 1024**3
-    # Live candles: closed candles kept in memory per symbol and timeframe.
-    candle_history: int = 10_000
+
+def _floor_hour(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping instead of `os.environ`."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        self._mapping = env
+        super().__init__(settings_cls, case_sensitive=True, env_ignore_empty=True)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._mapping, True, True, None)
+
+
+class Settings(BaseSettings):
+    """Every tunable of the system; `Settings.from_env()` reads them, `Settings(...)` is exact."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        validate_by_name=True,
+        validate_by_alias=True,
+        extra="forbid",
+        case_sensitive=True,
+    )
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    # Home and store.
+    home: Path = _var(
+        "store",
+        "HFT_HOME",
+        Path(".hft"),
+        "Directory for the tick log, the embedded SQLite store and caches.",
+    )
+    store_url: str = _var(
+        "store",
+        "HFT_STORE_URL",
+        "",
+        "sqlite:///PATH or postgresql://user:pass@host/db; empty: sqlite:///<home>/hft.sqlite3.",
+    )
+    pool_size: int = _var(
+        "store", "HFT_POOL_SIZE", 20, "PostgreSQL connections of the ingest service's pool."
+    )
+    # Ingest API (docs/api.md; store queries: docs/candles.md).
+    api_host: str = _var(
+        "api",
+        "HFT_API_HOST",
+        "127.0.0.1",
+        "Address the ingest API binds (and Dagster's client calls).",
+    )
+    api_port: int = _var("api", "HFT_API_PORT", 8002, "Port of the ingest API.")
+    api_token: SecretStr = _var(
+        "api",
+        "HFT_API_TOKEN",
+        SecretStr(""),
+        "Bearer token mutating endpoints require; empty: no token.",
+    )
+    api_store_queries: int = _var(
+        "api", "HFT_API_STORE_QUERIES", 2, "Store queries the API runs at once."
+    )
+    api_store_queue: int = _var(
+        "api", "HFT_API_STORE_QUEUE", 32, "Store queries that may wait for a slot (more: 429)."
+    )
+    api_store_wait_ms: int = _var(
+        "api",
+        "HFT_API_STORE_WAIT_MS",
+        1000,
+        "How long a store query waits for a slot before 429, in ms.",
+    )
+    api_store_timeout_s: float = _var(
+        "api",
+        "HFT_API_STORE_TIMEOUT_S",
+        5.0,
+        "A store query running longer is cancelled (503), in seconds.",
+    )
+    # Ring buffers and live candles.
+    buffer_capacity: int = _var(
+        "buffers", "HFT_BUFFER_CAPACITY", 5_000_000, "Ticks kept in memory per symbol."
+    )
+    buffer_max_bytes: int = _var(
+        "buffers",
+        "HFT_BUFFER_MAX_BYTES",
+        2 * 1024**3,
+        "Memory budget of all ring buffers together, in bytes.",
+    )
+    candle_history: int = _var(
+        "buffers",
+        "HFT_CANDLE_HISTORY",
+        10_000,
+        "Closed live candles kept per symbol and timeframe.",
+    )
     # Tick log.
-    log_fsync: str = "interval"  # always | interval | off
-    log_fsync_interval_ms: int = 50
-    log_segment_bytes: int = 64 * 1024**2
+    log_fsync: str = _var(
+        "log", "HFT_LOG_FSYNC", "interval", "fsync policy of the tick log: always, interval or off."
+    )
+    log_fsync_interval_ms: int = _var(
+        "log",
+        "HFT_LOG_FSYNC_INTERVAL_MS",
+        50,
+        "Group-commit interval of the `interval` policy, in ms.",
+    )
+    log_segment_bytes: int = _var(
+        "log",
+        "HFT_LOG_SEGMENT_BYTES",
+        64 * 1024**2,
+        "Size at which the tick log starts a new segment, in bytes.",
+    )
     # Persister.
-    persist_batch_size: int = 2000
-    persist_batch_timeout_ms: int = 50
-    # Largest single transaction while the log holds a backlog (after an outage or restart).
-    persist_max_batch: int = 50_000
-    persist_retry_initial_s: float = 0.1
-    persist_retry_max_s: float = 5.0
-    pool_size: int = 20
-    # Validation and gap detection.
-    max_future_skew_s: float = 5.0
-    gap_silence_multiple: float = 10.0
+    persist_batch_size: int = _var(
+        "persister", "HFT_PERSIST_BATCH_SIZE", 2000, "Ticks per store transaction in steady state."
+    )
+    persist_batch_timeout_ms: int = _var(
+        "persister", "HFT_PERSIST_BATCH_TIMEOUT_MS", 50, "Longest wait to fill a batch, in ms."
+    )
+    persist_max_batch: int = _var(
+        "persister",
+        "HFT_PERSIST_MAX_BATCH",
+        50_000,
+        "Largest transaction while the log holds a backlog (after an outage or restart).",
+    )
+    persist_retry_initial_s: float = _var(
+        "persister",
+        "HFT_PERSIST_RETRY_INITIAL_S",
+        0.1,
+        "First retry delay while the store is down, in seconds.",
+    )
+    persist_retry_max_s: float = _var(
+        "persister",
+        "HFT_PERSIST_RETRY_MAX_S",
+        5.0,
+        "Longest retry delay while the store is down, in seconds.",
+    )
+    # Validation, gaps and shutdown.
+    max_future_skew_s: float = _var(
+        "ingest",
+        "HFT_MAX_FUTURE_SKEW_S",
+        5.0,
+        "Ticks stamped further in the future are rejected, in seconds.",
+    )
+    gap_silence_multiple: float = _var(
+        "ingest",
+        "HFT_GAP_SILENCE_MULTIPLE",
+        10.0,
+        "Silence longer than this many typical tick intervals counts as a gap.",
+    )
+    shutdown_deadline_s: float = _var(
+        "ingest",
+        "HFT_SHUTDOWN_DEADLINE_S",
+        10.0,
+        "Time a stopping service gets to persist what it holds, in seconds.",
+    )
     # Feeds.
-    feed: str = "simulator"
-    symbols: tuple[str, ...] = ()
-    seed: int = 42
-    rate: float = 1000.0
-    # Simulator: a symbol that has no stored ticks starts this far in the past and emits the
-    # ticks since then at full speed (deterministic, like a restart's backlog); 0: starts now.
-    sim_history_s: float = 0.0
-    replay_file: str = ""
-    replay_speed: float = 0.0  # 0: as fast as possible; 1: real time; 10: ten times faster
-    shutdown_deadline_s: float = 10.0
+    feed: str = _var("feed", "HFT_FEED", "simulator", "Feed to ingest: simulator, deriv or replay.")
+    symbols: Annotated[tuple[str, ...], NoDecode] = _var(
+        "feed", "HFT_SYMBOLS", (), "Comma-separated symbols to subscribe on start."
+    )
+    seed: int = _var(
+        "feed", "HFT_SEED", 42, "Simulator seed: the same seed replays the same ticks."
+    )
+    rate: float = _var("feed", "HFT_RATE", 1000.0, "Simulator ticks per second per symbol.")
+    sim_history_s: float = _var(
+        "feed",
+        "HFT_SIM_HISTORY_S",
+        0.0,
+        "A symbol with no stored ticks starts this far in the past (emitted at full speed); 0: now.",
+    )
+    replay_file: str = _var("feed", "HFT_REPLAY_FILE", "", "File the replay feed reads.")
+    replay_speed: float = _var(
+        "feed",
+        "HFT_REPLAY_SPEED",
+        0.0,
+        "Replay speed: 0 as fast as possible, 1 real time, 10 ten times faster.",
+    )
+    # Partitions.
+    partitions_start: datetime = _var(
+        "partitions",
+        "HFT_PARTITIONS_START",
+        DEFAULT_PARTITIONS_START,
+        "First hourly candle partition (ISO-8601, floored to the hour, UTC unless given).",
+    )
+    # Watermark sensor.
+    late_grace_s: float = _var(
+        "sensors",
+        "HFT_LATE_GRACE_S",
+        60.0,
+        "Late ticks may still land in a closed hour for this long, in seconds.",
+        ge=0,
+    )
+    sensor_max_requests: int = _var(
+        "sensors",
+        "HFT_SENSOR_MAX_REQUESTS",
+        48,
+        "Final partitions requested per sensor tick (at least 1); the cursor continues.",
+        ge=0,
+    )
+    live_refresh_s: float = _var(
+        "sensors",
+        "HFT_LIVE_REFRESH_S",
+        300.0,
+        "Refresh the open partition this often, in seconds; 0 turns it off.",
+        ge=0,
+    )
+    # Ingest health alerts.
+    alert_pending_ticks: int = _var(
+        "health",
+        "HFT_ALERT_PENDING_TICKS",
+        100_000,
+        "Alert when more ticks than this are in the log but not in the store.",
+        ge=0,
+    )
+    alert_lag_s: float = _var(
+        "health",
+        "HFT_ALERT_LAG_S",
+        60.0,
+        "Alert when persistence stands still this long with ticks pending, in seconds.",
+        ge=0,
+    )
+    alert_critical_ticks: int = _var(
+        "health",
+        "HFT_ALERT_CRITICAL_TICKS",
+        3,
+        "Consecutive bad sensor ticks before the alert turns CRITICAL (at least 1).",
+        ge=0,
+    )
+    alert_critical_s: float = _var(
+        "health",
+        "HFT_ALERT_CRITICAL_S",
+        300.0,
+        "Or this long bad, whichever comes first, in seconds.",
+        ge=0,
+    )
+    # Alert channels: their original names, no HFT_ prefix.
+    discord_webhook_url: SecretStr = _var(
+        "alerts",
+        "DISCORD_WEBHOOK_URL",
+        SecretStr(""),
+        "Discord webhook URL; empty: no Discord channel.",
+    )
+    telegram_bot_token: SecretStr = _var(
+        "alerts", "TELEGRAM_BOT_TOKEN", SecretStr(""), "Telegram bot token (with TELEGRAM_CHAT_ID)."
+    )
+    telegram_chat_id: str = _var(
+        "alerts", "TELEGRAM_CHAT_ID", "", "Telegram chat the bot writes to."
+    )
+    telegram_api_url: str = _var(
+        "alerts", "TELEGRAM_API_URL", "", "Telegram Bot API root; empty: https://api.telegram.org."
+    )
+    smtp_server: str = _var(
+        "alerts", "SMTP_SERVER", "", "SMTP server for e-mail alerts (with EMAIL_TO and a sender)."
+    )
+    smtp_port: int = _var("alerts", "SMTP_PORT", 587, "SMTP port (STARTTLS on 587, TLS on 465).")
+    smtp_username: str = _var(
+        "alerts", "SMTP_USERNAME", "", "SMTP login; also the sender when EMAIL_FROM is empty."
+    )
+    smtp_password: SecretStr = _var("alerts", "SMTP_PASSWORD", SecretStr(""), "SMTP password.")
+    email_from: str = _var("alerts", "EMAIL_FROM", "", "Sender address of e-mail alerts.")
+    email_to: str = _var("alerts", "EMAIL_TO", "", "Comma-separated recipients of e-mail alerts.")
+    alert_min_level: str = _var(
+        "alerts",
+        "ALERT_MIN_LEVEL",
+        "WARNING",
+        "Lowest level sent: INFO, WARNING, ERROR or CRITICAL.",
+    )
+    # Indicator cache.
+    indicator_cache_bytes: int | None = _var(
+        "cache",
+        "HFT_INDICATOR_CACHE_BYTES",
+        None,
+        "Memory of the per-process indicator cache, in bytes; unset: the cache's default.",
+        gt=0,
+    )
+    redis_url: str = _var(
+        "cache",
+        "HFT_REDIS_URL",
+        "",
+        "Redis shared by run processes for cached indicators; empty: memory only.",
+    )
+    indicator_cache_ttl_s: int = _var(
+        "cache",
+        "HFT_INDICATOR_CACHE_TTL_S",
+        3600,
+        "How long Redis keeps a cached indicator, in seconds.",
+        gt=0,
+    )
+    # Dagster and process start-up.
+    dagster_ui_url: str = _var(
+        "runtime",
+        "HFT_DAGSTER_UI_URL",
+        "",
+        "Dagster UI root for links in alerts (`hft up` sets it).",
+    )
+    dagster_home: Path | None = _var(
+        "runtime",
+        "DAGSTER_HOME",
+        None,
+        "Dagster instance directory; unset: `hft up` uses <home>/dagster.",
+    )
+    numba_cache_dir: Path | None = _var(
+        "runtime",
+        "NUMBA_CACHE_DIR",
+        None,
+        "Where numba keeps compiled kernels; unset: <home>/numba-cache.",
+    )
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, *args: Any, **kwargs: Any):
+        # Only what the caller passes: `from_env` reads the environment, once, on purpose.
+        return (init_settings,)
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _split_symbols(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(s.strip() for s in value.split(",") if s.strip())
+        return value
+
+    @field_validator("partitions_start", mode="before")
+    @classmethod
+    def _parse_start(cls, value: Any) -> datetime:
+        if isinstance(value, str):
+            if not value.strip():
+                return DEFAULT_PARTITIONS_START
+            try:
+                value = datetime.fromisoformat(value.strip())
+            except ValueError:
+                raise ValueError(
+                    f"HFT_PARTITIONS_START={value!r}: use an ISO-8601 date or time, e.g. "
+                    "2026-11-20 or 2026-11-20T13:00Z"
+                ) from None
+        if isinstance(value, datetime):
+            return _floor_hour(value if value.tzinfo else value.replace(tzinfo=UTC))
+        return value
 
     @property
     def resolved_store_url(self) -> str:
@@ -77,18 +407,27 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Settings from `env` (default os.environ), then `overrides` (None values ignored)."""
         env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(f"HFT_{f.name.upper()}")
-            if raw is not None and raw != "":
-                values[f.name] = _parse(f.name, f.type, raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        settings = cls(**values)
+        from_env = _MappingEnvSource(cls, env)()
+        values = {_field_name(k): v for k, v in from_env.items()}
+        given = {k: v for k, v in overrides.items() if v is not None}
+        sources = {name: env_name(name) for name in values}
+        sources.update(dict.fromkeys(given, COMMAND_LINE))
+        settings = _build(cls, {**values, **given}, env)
+        settings._sources = sources
         settings.check()
         return settings
 
     def with_(self, **changes: Any) -> Settings:
-        return replace(self, **changes)
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        changed = _build(type(self), {**values, **changes}, {})
+        sources = {**self.sources(), **dict.fromkeys(changes, SET_IN_CODE)}
+        changed._sources = sources
+        return changed
+
+    def sources(self) -> dict[str, str]:
+        """Where each value came from that is not a default: an environment variable's name,
+        "command line" or "set in code"."""
+        return dict(self._sources)
 
     def check(self) -> None:
         """Raise SettingsError naming the first value that cannot work."""
@@ -104,7 +443,7 @@ class Settings:
         )
         for name in positive:
             if getattr(self, name) <= 0:
-                raise SettingsError(f"HFT_{name.upper()} must be > 0, got {getattr(self, name)}")
+                raise SettingsError(f"{env_name(name)} must be > 0, got {getattr(self, name)}")
         if self.persist_max_batch < self.persist_batch_size:
             raise SettingsError(
                 f"HFT_PERSIST_MAX_BATCH ({self.persist_max_batch}) must be >= "
@@ -132,18 +471,77 @@ class Settings:
                 "postgresql://user@host/db"
             )
 
+    def display(self, name: str) -> str:
+        """The value of field `name` as `hft config` shows it: secrets masked, URLs redacted."""
+        value = getattr(self, name)
+        if isinstance(value, SecretStr):
+            return MASK if value.get_secret_value() else ""
+        if value is None:
+            return ""
+        if isinstance(value, tuple):
+            return ",".join(value)
+        if isinstance(value, datetime):
+            return value.isoformat()
+        text = str(value)
+        return redact_url(text) if "://" in text else text
 
-_field_types = {"Path": Path, "int": int, "float": float, "str": str}
+
+def _field_name(key: str) -> str:
+    return _BY_ENV.get(key, key)
 
 
-def _parse(name: str, type_name: Any, raw: str) -> Any:
-    type_name = str(type_name)
+def env_name(field: str) -> str:
+    """The environment variable of field `field` (e.g. "HFT_PERSIST_BATCH_SIZE")."""
+    return _extra(Settings.model_fields[field])["env"]
+
+
+def _extra(info: FieldInfo) -> dict[str, Any]:
+    extra = info.json_schema_extra
+    assert isinstance(extra, dict)
+    return extra
+
+
+def fields_by_group() -> Iterator[tuple[str, str, list[tuple[str, FieldInfo]]]]:
+    """(group key, title, [(field name, field info)...]) in GROUPS order."""
+    for key, title in GROUPS:
+        members = [(n, f) for n, f in Settings.model_fields.items() if _extra(f)["group"] == key]
+        yield key, title, members
+
+
+def environment() -> dict[str, str]:
+    """A copy of the process environment, for a child process to inherit (then amended)."""
+    return dict(os.environ)
+
+
+def _build(cls: type[Settings], values: dict[str, Any], env: Mapping[str, str]) -> Settings:
     try:
-        if type_name.startswith("tuple"):
-            return tuple(s.strip() for s in raw.split(",") if s.strip())
-        return _field_types[type_name](raw)
-    except (ValueError, KeyError) as exc:
-        raise SettingsError(f"HFT_{name.upper()}={raw!r}: expected {type_name}") from exc
+        return cls(**values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = _field_name(str(error["loc"][0])) if error["loc"] else ""
+        if name not in cls.model_fields:
+            raise SettingsError(str(exc)) from None
+        var = env_name(name)
+        raw = values.get(name, env.get(var))
+        if isinstance(raw, SecretStr) or name in _SECRETS:
+            raw = MASK
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if message.startswith(var):  # the validator already said it all
+            raise SettingsError(message) from None
+        raise SettingsError(f"{var}={raw!r}: {message}") from None
 
 
-__all__ = ["FSYNC_POLICIES", "Settings", "SettingsError"]
+_BY_ENV = {_extra(f)["env"]: n for n, f in Settings.model_fields.items()}
+_SECRETS = frozenset(n for n, f in Settings.model_fields.items() if f.annotation is SecretStr)
+
+
+__all__ = [
+    "DEFAULT_PARTITIONS_START",
+    "FSYNC_POLICIES",
+    "GROUPS",
+    "Settings",
+    "SettingsError",
+    "env_name",
+    "environment",
+    "fields_by_group",
+]
