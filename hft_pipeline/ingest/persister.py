@@ -193,12 +193,26 @@ class Persister:
                 self.store_up = True
                 self.last_error = None
                 return True
-            if self._stop.is_set() and (
-                self._drain_deadline is None or time.monotonic() > self._drain_deadline
-            ):
+            if not self._wait_to_retry(delay):
                 return False
-            time.sleep(delay)
             delay = min(delay * 2, self.retry_max_s)
+
+    # Not stamina, which the alerts use: its sync backoff is a time.sleep that stop() cannot cut
+    # short (a stop during a 5 s wait would overrun a shorter drain deadline), and its
+    # process-wide switches (stamina.set_active, set_testing) would bound or switch off a loop
+    # whose promise is never to give up while the service runs.
+    def _wait_to_retry(self, delay: float) -> bool:
+        """Wait `delay` s before the next attempt; False once a stop's drain deadline has passed."""
+        if not self._stop.is_set():
+            # stop() ends the wait at once: the next attempt is the drain's.
+            self._stop.wait(delay)
+            return True
+        deadline = self._drain_deadline
+        remaining = 0.0 if deadline is None else deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        time.sleep(min(delay, remaining))
+        return True
 
     def _failed(self, exc: Exception) -> None:
         if self.store_up:
