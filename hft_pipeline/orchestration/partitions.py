@@ -7,7 +7,6 @@ the definitions must not depend on a reachable database, and every process that 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
@@ -18,36 +17,17 @@ from dagster import (
     TimeWindowPartitionsDefinition,
 )
 
-PARTITIONS_START_ENV = "HFT_PARTITIONS_START"
-#: First partition when HFT_PARTITIONS_START is unset. Sensors and the catch-up schedule start
-#: at the first stored tick, not here, so an early default requests nothing by itself; ticks
-#: older than the start cannot be materialized (the watermark sensor logs a warning then).
-DEFAULT_PARTITIONS_START = datetime(2025, 1, 1, tzinfo=UTC)
+from hft_pipeline.settings import DEFAULT_PARTITIONS_START, Settings, env_name
+
+PARTITIONS_START_ENV = env_name("partitions_start")
 PARTITION_FMT = "%Y-%m-%d-%H:%M"
 NS = 1_000_000_000
 HOUR_NS = 3600 * NS
 
 
-def _floor_hour(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-
-def _parse_start(raw: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(raw.strip())
-    except ValueError:
-        raise ValueError(
-            f"{PARTITIONS_START_ENV}={raw!r}: use an ISO-8601 date or time, e.g. 2026-11-20 "
-            "or 2026-11-20T13:00Z"
-        ) from None
-    return _floor_hour(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
-
-
 def partitions_start(env: Mapping[str, str] | None = None) -> datetime:
     """First partition: the hour of $HFT_PARTITIONS_START, else DEFAULT_PARTITIONS_START."""
-    env = os.environ if env is None else env
-    raw = env.get(PARTITIONS_START_ENV, "")
-    return _parse_start(raw) if raw.strip() else DEFAULT_PARTITIONS_START
+    return Settings.from_env(env).partitions_start
 
 
 def build_candle_partitions(start: datetime) -> HourlyPartitionsDefinition:
