@@ -4,7 +4,6 @@ retried with backoff (honouring HTTP 429 `retry_after`), never raising, never lo
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +18,7 @@ from hft_pipeline.observability.alerts.model import Alert, DeliveryResult, Level
 from hft_pipeline.observability.alerts.telegram import DEFAULT_TELEGRAM_API_URL, TelegramChannel
 from hft_pipeline.observability.redaction import install as _install_redactor
 from hft_pipeline.observability.redaction import redact
+from hft_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +32,6 @@ class RetryPolicy:
     wait_initial_s: float = 0.5
     wait_max_s: float = 8.0
     wait_jitter_s: float = 0.25
-
-
-def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer port number, got {raw!r}") from None
 
 
 class Alerter:
@@ -65,33 +55,33 @@ class Alerter:
     ) -> Alerter:
         """Channels from the alert variables (docs/configuration.md); a channel whose settings
         are missing is disabled."""
-        env = os.environ if env is None else env
-        get = lambda name: (env.get(name) or "").strip()  # noqa: E731
+        s = Settings.from_env(env)
         channels: list[Channel] = []
-        if get("DISCORD_WEBHOOK_URL"):
-            channels.append(DiscordChannel(get("DISCORD_WEBHOOK_URL")))
-        if get("TELEGRAM_BOT_TOKEN") and get("TELEGRAM_CHAT_ID"):
+        if s.discord_webhook_url.get_secret_value().strip():
+            channels.append(DiscordChannel(s.discord_webhook_url.get_secret_value().strip()))
+        bot_token = s.telegram_bot_token.get_secret_value().strip()
+        if bot_token and s.telegram_chat_id.strip():
             channels.append(
                 TelegramChannel(
-                    get("TELEGRAM_BOT_TOKEN"),
-                    get("TELEGRAM_CHAT_ID"),
-                    api_url=get("TELEGRAM_API_URL") or DEFAULT_TELEGRAM_API_URL,
+                    bot_token,
+                    s.telegram_chat_id.strip(),
+                    api_url=s.telegram_api_url.strip() or DEFAULT_TELEGRAM_API_URL,
                 )
             )
-        recipients = [a.strip() for a in get("EMAIL_TO").split(",") if a.strip()]
-        sender = get("EMAIL_FROM") or get("SMTP_USERNAME")
-        if get("SMTP_SERVER") and recipients and sender:
+        recipients = [a.strip() for a in s.email_to.split(",") if a.strip()]
+        sender = s.email_from.strip() or s.smtp_username.strip()
+        if s.smtp_server.strip() and recipients and sender:
             channels.append(
                 EmailChannel(
-                    get("SMTP_SERVER"),
-                    _env_int(env, "SMTP_PORT", 587),
+                    s.smtp_server.strip(),
+                    s.smtp_port,
                     sender,
                     recipients,
-                    username=get("SMTP_USERNAME") or None,
-                    password=env.get("SMTP_PASSWORD") or None,
+                    username=s.smtp_username.strip() or None,
+                    password=s.smtp_password.get_secret_value() or None,
                 )
             )
-        min_level = Level.parse(get("ALERT_MIN_LEVEL") or "WARNING")
+        min_level = Level.parse(s.alert_min_level.strip() or "WARNING")
         return cls(channels, min_level=min_level, retry=retry)
 
     @property
