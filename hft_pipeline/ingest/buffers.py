@@ -1,15 +1,6 @@
 """Ring buffers of the most recent ticks per symbol, columnar numpy, ordered by (ts, seq).
 
-Each tick costs 32 bytes: ts, seq (int64), price, volume (float64). Bid and ask are not kept in
-memory (they are in the tick log and the store); the buffers serve recent ticks to the API.
-
-Capacity per symbol is min(capacity_per_symbol, max_bytes // (32 * symbols)), recomputed when a
-symbol is added (existing buffers then shrink, dropping their oldest ticks). Storage grows
-geometrically up to that capacity, then wraps, overwriting the oldest tick.
-
-Threading: appends come from the ingest loop and reads from API handlers on the same asyncio
-event loop thread, so calls never interleave and no lock is needed. Callers on other threads
-must serialize access themselves.
+Memory budget and threading: docs/memory.md#ring-buffers.
 """
 
 from __future__ import annotations
@@ -132,7 +123,7 @@ class _Ring:
 
 
 class TickBuffers:
-    """Most recent ticks per symbol within a global memory budget; see the module docstring."""
+    """Most recent ticks per symbol within a global memory budget (docs/memory.md#ring-buffers)."""
 
     def __init__(self, capacity_per_symbol: int = 5_000_000, max_bytes: int = 2 * 1024**3) -> None:
         if capacity_per_symbol < 1:

@@ -1,11 +1,6 @@
 """What the service knows without its store: each symbol's last persisted tick and the
-subscriptions, kept in a small file under `HFT_HOME` (docs/durability.md, "Start without the
-store").
-
-Retention deletes log segments once the store holds them, so after a restart with the store
-unreachable the log alone may not say where a symbol's feed stopped. The persister writes
-this file (atomically, fsynced) before retention deletes anything, so the log plus this file
-always cover every persisted tick's position.
+subscriptions, in a small file under `HFT_HOME` written before retention deletes a segment, so
+the log plus this file cover every persisted tick (docs/durability.md#the-pieces).
 """
 
 from __future__ import annotations

@@ -1,31 +1,6 @@
 """Live candles for every symbol and timeframe, updated incrementally from accepted tick batches.
 
-A numba kernel walks each batch's ticks once, in arrival order, and for every timeframe updates a
-direct-mapped ring per (symbol, timeframe) in place: bucket number k lives in slot k mod
-(history + 1). The ring holds the forming bucket and the `history` buckets before it, so at most
-`history` closed candles. A tick merges into its bucket's slot exactly as `market.candles` merges
-partial candles: open/close by (ts, seq) against the slot's first/last (ts, seq), high/low, a tick
-count, and volume as an exact (vs, vc, vd) TwoSum triple, so `exact_volume` gives the correctly
-rounded exact sum whatever the order or batching. A tick for a bucket newer than the forming one
-advances the ring (and re-initialises that slot); a late tick for a bucket still in the window is
-merged exactly; an older one is skipped, counted in `late_dropped_from_memory`, and left to the
-store. The kernel gives the same candles (volume included, to the last bit) and the same
-`UpdateStats` as merging the batch's partial candles (`market.candles`) into the rings, the
-vectorized pipeline it replaced, at ~30x less time per 50-tick batch and ~2x more ticks/s on
-10,000-tick batches (`benchmarks/candles.py`).
-
-Compilation: the kernel is compiled once per machine and code version and cached on disk next to
-this module (`cache=True`; numba honours `NUMBA_CACHE_DIR` if the package directory is read-only).
-A cold compile takes about 1-2 s, a fresh process loading the cache about 0.1 s plus numba's import;
-`LiveCandles()` triggers it, so the cost is paid at service start, never on the first batch.
-
-Memory: 13 eight-byte fields per slot, i.e. at most about 7.3 MB per symbol for 7 timeframes at
-history=10,000. Storage is slot-major, so the OS commits pages only as time advances through the
-slots (a fresh process holds little; a full 1s ring takes 10,000 s to fill).
-
-Threading: like the ring buffers, `update` runs on the ingest event loop and reads come from API
-handlers on the same loop, so no lock is needed; callers on other threads must serialize (the
-kernel releases the GIL, so it must never run concurrently with another update or a read).
+The kernel, late ticks, compilation, memory and threading: docs/memory.md#live-candles.
 """
 
 from __future__ import annotations

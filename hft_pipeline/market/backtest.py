@@ -1,35 +1,6 @@
 """Signal backtests on vectorbt: many symbols and parameter sets as columns of one simulation.
 
-Fill timing (`BacktestConfig.fill`):
-  * `next_open` (default): a signal seen at bar t's close fills at bar t+1's open, the only
-    timing a live system can actually trade. A signal on the last bar never fills.
-  * `close`: fills at the signal bar's own close (optimistic; useful to compare with papers).
-Fees and slippage are fractions of the order value/price. Stops (`sl_stop`, `tp_stop`,
-`trailing_stop`, fractions of the entry price) are checked intrabar against high/low by vectorbt.
-`whole_units=True` buys the largest whole number of units the cash allows after fees.
-
-Metrics (`metrics`), from the equity curve V_0..V_n (V_-1 = initial cash), bar returns r_t:
-  * total_return = V_n / V_-1 - 1; CAGR = (1 + total_return) ** (1 / years) - 1, years = bars / P
-  * Sharpe = mean(r) / std(r, ddof=1) * sqrt(P); Sortino = mean(r) / sqrt(mean(min(r, 0)^2)) * sqrt(P)
-    (arithmetic, risk-free 0, like vectorbt/empyrical), P = bars per year: `periods_per_year` or,
-    when None, 365 days of the bar length inferred from the index (these markets trade 24/7).
-    backtesting.py instead divides the geometric annualized return by an annualized volatility
-    computed from daily returns with 252 (or 365) trading days, so its Sharpe differs from ours.
-  * max_drawdown = min(V / cummax(V) - 1) (negative fraction, same definition as backtesting.py);
-    Calmar = CAGR / |max_drawdown|.
-  * Trade metrics count closed trades only (a position still open at the end is in the trade list
-    with status Open but is not a trade result, as in backtesting.py): win_rate, profit_factor
-    = gross profit / gross loss, expectancy = mean PnL per trade (cash), avg_trade_duration.
-  * exposure = share of bars holding a position.
-
-Cold start: Dagster runs each step in a fresh process and vectorbt's numba JIT costs ~20 s there.
-We use the `vectorbt-rust` engine (compiled, same vectorbt version line) for the simulation and
-compute the metrics ourselves in numpy, so no numba kernel is compiled on the hot path. Numba
-remains a fallback for calls the Rust engine does not support; for those, each process's entry
-point (the `hft` CLI, the Dagster code location, the benchmarks) points `NUMBA_CACHE_DIR` at
-`$HFT_HOME/numba-cache` with `hft_pipeline.runtime.configure_numba_cache` before numba is first
-imported, so a fresh process loads compiled code instead of recompiling it. Importing this module
-changes nothing in the process.
+Fill timing, metric definitions and cold-start cost: docs/market.md#backtests.
 """
 
 from __future__ import annotations
@@ -228,7 +199,7 @@ def _metrics_from_arrays(
 
 
 def metrics(pf: vbt.Portfolio, config: BacktestConfig) -> pd.DataFrame:
-    """Per-column performance metrics (rows = portfolio columns; see module docstring)."""
+    """Per-column performance metrics (rows = portfolio columns; docs/market.md#metrics)."""
     index = pf.wrapper.index
     ppy = periods_per_year(index, config)
     values = _metrics_from_arrays(

@@ -1,20 +1,6 @@
 """Candles from ticks: vectorized, exact, and mergeable so batch and live candles share one code path.
 
-A candle of bucket `[start, start + tf)` (epoch-aligned, UTC) has open = price of the first tick by
-(ts, seq), close = the last, high/low = max/min, volume = sum and ticks = count.
-
-Volume is the *correctly rounded exact sum* of the bucket's volumes, whatever the order or batching
-the ticks arrived in. Why not plain float addition: the live candles merge ticks in arrival order and
-late ticks land in old buckets, so any order-dependent sum would make a live candle differ from the
-candle recomputed later from the store. pandas' own `resample().sum()` uses Kahan summation, which is
-order dependent and not correctly rounded (it differs from the exact sum in the last bit for a few
-percent of buckets); `resample_reference` therefore sums volume with `math.fsum`, the exact sum.
-
-The exact sum is kept as three floats (s, c, d) whose real sum is the running total: every addition
-uses the error-free TwoSum, so nothing is lost while the total spans fewer than ~`159 - 2*log2(n)`
-bits between its leading bit and the finest bit of any volume (n = ticks in the bucket); that covers
-e.g. 1e9 total volume made of 1e-8 lots in millions of ticks. The final rounding of s + c + d is the
-Boldo-Melquiond correctly rounded sum of three floats (TwoSum + round-to-odd).
+Why volume is an exact sum and how it is kept: docs/market.md#exact-volume.
 """
 
 from __future__ import annotations
@@ -44,7 +30,7 @@ def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def merge_exact_sums(
     s1: np.ndarray, c1: np.ndarray, d1: np.ndarray, s2: np.ndarray, c2: np.ndarray, d2: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(s, c, d) whose exact sum is the exact sum of both inputs (see module docstring)."""
+    """(s, c, d) whose exact sum is the exact sum of both inputs (docs/market.md#exact-volume)."""
     s, e = _two_sum(s1, s2)
     c, f = _two_sum(c1, c2)
     c, g = _two_sum(c, e)
@@ -299,7 +285,8 @@ def resample_reference(ticks: pd.DataFrame, timeframe: str) -> pd.DataFrame:
     """The pandas reference: `resample(rule, closed="left", label="left")` of ticks sorted by (ts, seq).
 
     Same columns and order as `candles_frame`. Volume is `math.fsum` per bucket (the exact sum; see
-    the module docstring for why not pandas' Kahan `sum`). Slow: for tests and benchmarks only.
+    docs/market.md#exact-volume for why not pandas' Kahan `sum`). Slow: for tests and
+    benchmarks only.
     """
     rule = PANDAS_RULES[timeframe]
     has_symbol = "symbol" in ticks.columns

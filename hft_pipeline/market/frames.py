@@ -1,13 +1,6 @@
 """Candles frame converters: per-symbol frames, long frames and wide (time x symbol) fields.
 
-The contract for one symbol is a DataFrame indexed by a UTC DatetimeIndex named `ts` (bucket
-start) with float64 columns open, high, low, close, volume (optionally ticks). Many symbols
-travel either as `dict[symbol, frame]` or as one long frame with a `symbol` column.
-
-Analytics work on the *wide* form, `dict[field, DataFrame[ts x symbol]]`, because vectorbt and
-numpy want symbols as columns: one call then simulates every symbol (and parameter set) at once.
-Timestamps missing for a symbol become NaN rows in its column; nothing is forward filled,
-indicators skip those rows (see `indicators.py`) and backtests never trade on them.
+The shapes, and why nothing is forward filled: docs/market.md#frames.
 """
 
 from __future__ import annotations

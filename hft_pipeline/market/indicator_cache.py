@@ -1,13 +1,6 @@
 """Indicator cache: results keyed by indicator, parameters, symbols and a fingerprint of the input.
 
-The fingerprint hashes the raw numpy buffers (index, column labels and values) with xxh3-128,
-never a pickled frame. Entries live in an in-memory LRU bounded by bytes and, when the cache is
-given a shared tier (`store.redis_cache` puts one in Redis), also there, so another process (a
-Dagster step) can reuse them. Values are copied in and out: a caller mutating what it got cannot
-corrupt the cache. This module does no I/O; the tier does.
-
-Keys read `<prefix><indicator>|,<sym>,<sym>,|<params json>|<fingerprint>`; symbols never contain
-`|` or `,` (see `ticks.validate_symbol`), so invalidation by symbol or indicator glob is exact.
+Fingerprint, shared tier and key format: docs/market.md#indicator-cache.
 """
 
 from __future__ import annotations

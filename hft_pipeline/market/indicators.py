@@ -1,17 +1,6 @@
 """Technical indicators over candles: TA-Lib for the classics, numpy for VWAP.
 
-Names are stable strings that carry their parameters, e.g. `sma_20`, `rsi_14`, `macd_12_26_9`,
-`bbands_20_2`, `stoch_14_3_3`, `vwap_20`, `vwap_session`. Multi-output indicators expand into
-several columns (`macd_12_26_9`, `macd_signal_12_26_9`, `macd_hist_12_26_9`;
-`bb_upper_20_2`/`bb_middle_20_2`/`bb_lower_20_2`; `stoch_k_14_3_3`/`stoch_d_14_3_3`).
-
-Warm-up: the first `warmup_bars(name)` values of a symbol's series are NaN (TA-Lib's own
-lookback; SMA/BB/rolling VWAP n-1, EMA n-1, RSI n, ATR n, ADX 2n-1, MACD slow+signal-2,
-STOCH fastk+slowk+slowd-3, OBV and session VWAP 0). Bars absent for a symbol
-(NaN rows of the wide form) are skipped, not filled: indicators count bars, not clock time.
-
-Every indicator at bar t depends only on bars <= t (computed at bar close), which the
-strategies' no-look-ahead test relies on.
+Names, warm-up bars and the no-look-ahead rule: docs/market.md#indicators.
 """
 
 from __future__ import annotations

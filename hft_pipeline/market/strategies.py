@@ -1,12 +1,6 @@
 """Trading strategies: entry/exit signals computed at bar close from indicators, no look-ahead.
 
-Each strategy maps a wide candles form (`frames.to_wide`) and one parameter set to boolean
-entries/exits frames [ts x symbol]. A signal at bar t uses only bars <= t; the backtest decides
-when it fills (next bar's open by default). `sweep_signals` stacks a whole parameter grid into
-columns (param..., symbol) so vectorbt simulates all of it in one call.
-
-Crossovers follow backtesting.py's `crossover(a, b)`: a[t] > b[t] and a[t-1] < b[t-1]
-(strict on both bars), which the agreement test with backtesting.py relies on.
+Signal timing, parameter sweeps and crossovers: docs/market.md#strategies.
 """
 
 from __future__ import annotations

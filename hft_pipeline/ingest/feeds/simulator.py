@@ -1,20 +1,6 @@
 """Deterministic tick simulator: tick k of symbol s under seed S is a pure function of (S, s, k).
 
-Randomness comes from a counter-based generator (SplitMix64's finaliser applied to
-`key(S, s, stream) + k * golden`), so any range of k is generated in bulk with numpy and a
-restarted service or a test regenerates exactly the same stream.
-
-Price model: a geometric random walk on the tick grid,
-`price_k = round(P0 * exp(sigma * W_k) / tick) * tick` with `W_0 = 0` and `W` a Gaussian
-random walk with unit steps. Recomputing `W_{k-1}` by summing k shocks would make resuming at
-k cost O(k). Instead `W` is built in blocks of `BLOCK` (4096) ticks: the block endpoints
-`E_b = W_{b*BLOCK}` form a coarse random walk with N(0, BLOCK) steps, and inside a block the
-path is a discrete Brownian bridge between the two endpoints made of the per-tick shocks. That
-has exactly the law of a unit-step random walk, and resuming at k costs O(k / 4096) hashes for
-the coarse walk plus O(4096) for the block: about 10 ms at k = 10^9.
-
-Timestamps: `ts_k = t0 + k * interval + jitter(S, s, k)` with `interval = n_symbols / rate`
-(integer ns) and `0 <= jitter < interval / 2`, so timestamps strictly increase per symbol.
+Generator, price model and timestamps: docs/simulator.md.
 """
 
 from __future__ import annotations
