@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from hft_pipeline.runtime import configure_numba_cache
 
 # Before anything can import numba (run workers import vectorbt after loading this module):
@@ -22,27 +20,36 @@ from hft_pipeline.orchestration.sensors import (
     ingest_health_sensor,
     ingest_watermark_sensor,
 )
+from hft_pipeline.settings import Settings, env_name
 
 
-def _store() -> StoreResource:
+def _store(settings: Settings) -> StoreResource:
     # EnvVar keeps the URL (and its password) out of the UI; unset, the resource's embedded default.
-    if os.environ.get("HFT_STORE_URL"):
-        return StoreResource(store_url=EnvVar("HFT_STORE_URL"))
+    if settings.store_url:
+        return StoreResource(store_url=EnvVar(env_name("store_url")))
     return StoreResource()
 
 
-def _ingest_api() -> IngestApiResource:
-    host = os.environ.get("HFT_API_HOST") or "127.0.0.1"
-    port = os.environ.get("HFT_API_PORT") or "8002"
-    if os.environ.get("HFT_API_TOKEN"):
-        return IngestApiResource(base_url=f"http://{host}:{port}", token=EnvVar("HFT_API_TOKEN"))
-    return IngestApiResource(base_url=f"http://{host}:{port}")
+def _ingest_api(settings: Settings) -> IngestApiResource:
+    base_url = f"http://{settings.api_host}:{settings.api_port}"
+    if settings.api_token.get_secret_value():
+        return IngestApiResource(base_url=base_url, token=EnvVar(env_name("api_token")))
+    return IngestApiResource(base_url=base_url)
 
 
-def _alerts() -> AlertsResource:
-    # `hft up` sets HFT_DAGSTER_UI_URL so alerts link to the failed run.
-    return AlertsResource(dagster_ui_url=os.environ.get("HFT_DAGSTER_UI_URL") or None)
+def _alerts(settings: Settings) -> AlertsResource:
+    # Secrets set in the environment reach the resource as EnvVar, never as values in the UI;
+    # the other channel settings are read by the resource itself. `hft up` sets
+    # HFT_DAGSTER_UI_URL so alerts link to the failed run.
+    secrets = {
+        name: EnvVar(env_name(name))
+        for name in ("discord_webhook_url", "telegram_bot_token", "smtp_password")
+        if getattr(settings, name).get_secret_value()
+    }
+    return AlertsResource(dagster_ui_url=settings.dagster_ui_url or None, **secrets)
 
+
+_settings = Settings.from_env()
 
 defs = Definitions(
     assets=ALL_ASSETS,
@@ -54,5 +61,9 @@ defs = Definitions(
         run_failure_alert_sensor,
     ],
     schedules=[daily_analytics_schedule, candles_catchup_schedule],
-    resources={"store": _store(), "ingest_api": _ingest_api(), "alerts": _alerts()},
+    resources={
+        "store": _store(_settings),
+        "ingest_api": _ingest_api(_settings),
+        "alerts": _alerts(_settings),
+    },
 )

@@ -7,7 +7,6 @@ no hook sees (a killed run, a crashed run worker); it skips runs whose hook alre
 
 from __future__ import annotations
 
-import os
 import traceback
 from typing import TYPE_CHECKING
 
@@ -20,6 +19,7 @@ from hft_pipeline.observability.alerts import (
     RetryPolicy,
     run_failed,
 )
+from hft_pipeline.settings import env_name, environment
 
 if TYPE_CHECKING:
     from dagster._utils.error import SerializableErrorInfo
@@ -27,19 +27,20 @@ if TYPE_CHECKING:
 # Set on a run by the failure hook once an alert went out, so the sensor does not repeat it.
 ALERTED_TAG = "hft_pipeline/failure_alerted"
 
-_ENV_NAMES = {
-    "discord_webhook_url": "DISCORD_WEBHOOK_URL",
-    "telegram_bot_token": "TELEGRAM_BOT_TOKEN",
-    "telegram_chat_id": "TELEGRAM_CHAT_ID",
-    "telegram_api_url": "TELEGRAM_API_URL",
-    "smtp_server": "SMTP_SERVER",
-    "smtp_port": "SMTP_PORT",
-    "smtp_username": "SMTP_USERNAME",
-    "smtp_password": "SMTP_PASSWORD",
-    "email_from": "EMAIL_FROM",
-    "email_to": "EMAIL_TO",
-    "alert_min_level": "ALERT_MIN_LEVEL",
-}
+# The resource's fields that override the settings field of the same name.
+_CHANNEL_FIELDS = (
+    "discord_webhook_url",
+    "telegram_bot_token",
+    "telegram_chat_id",
+    "telegram_api_url",
+    "smtp_server",
+    "smtp_port",
+    "smtp_username",
+    "smtp_password",
+    "email_from",
+    "email_to",
+    "alert_min_level",
+)
 
 
 class AlertsResource(dg.ConfigurableResource):
@@ -70,11 +71,11 @@ class AlertsResource(dg.ConfigurableResource):
 
     def alerter(self) -> Alerter:
         """An `Alerter` over the configured channels (the caller closes it)."""
-        env = dict(os.environ) if self.read_environment else {}
-        for field_name, env_name in _ENV_NAMES.items():
+        env = environment() if self.read_environment else {}
+        for field_name in _CHANNEL_FIELDS:
             value = getattr(self, field_name)
             if value is not None and value != "":
-                env[env_name] = str(value)
+                env[env_name(field_name)] = str(value)
         retry = RetryPolicy(
             attempts=self.retry_attempts,
             timeout_s=self.retry_timeout_s,
