@@ -7,8 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import requests
-
+from hft_pipeline.client import IngestClient, Reply
 from hft_pipeline.market.timeframes import ALL_TIMEFRAMES
 
 TEST_SYMBOLS = ("SMOKE_A", "SMOKE_B")
@@ -38,11 +37,8 @@ def run_smoke(
     out: Callable[[str], None] = print,
 ) -> SmokeReport:
     """Check connectivity, subscribe test symbols, collect, call every endpoint, unsubscribe."""
-    url = url.rstrip("/")
     token = token if token is not None else os.environ.get("HFT_API_TOKEN", "")
-    http = requests.Session()
-    if token:
-        http.headers["Authorization"] = f"Bearer {token}"
+    api = IngestClient(url, token=token or None, timeout=10)
     report = SmokeReport()
 
     def check(name: str, fn: Callable[[], str]) -> bool:
@@ -56,19 +52,14 @@ def run_smoke(
         out(f"PASS  {name}: {detail}")
         return True
 
-    def get(path: str, status: int = 200, **params) -> requests.Response:
-        response = http.get(url + path, params=params, timeout=10)
-        if response.status_code != status:
-            raise AssertionError(f"GET {path} -> {response.status_code}: {response.text[:200]}")
-        return response
+    def get(path: str, status: int = 200, **params) -> Reply:
+        return api.get(path, params, expect=status)
 
     def post(path: str, body: dict) -> dict:
-        response = http.post(url + path, json=body, timeout=10)
-        if response.status_code != 200:
-            raise AssertionError(f"POST {path} -> {response.status_code}: {response.text[:200]}")
-        return response.json()
+        return api.post(path, body).json()
 
     if not check("connectivity GET /test", lambda: get("/test").json()["message"]):
+        api.close()
         return report
     check("GET /health", lambda: get("/health").json()["status"])
     for symbol in TEST_SYMBOLS:
@@ -131,6 +122,7 @@ def run_smoke(
             f"POST /unsubscribe {symbol}",
             lambda s=symbol: post("/unsubscribe", {"symbol": s})["status"],
         )
+    api.close()
     out("")
     out(report.render())
     return report
