@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hft_pipeline.settings import Settings, SettingsError
+
 __all__ = ["configure_numba_cache", "numba_cache_dir"]
 
 
@@ -20,6 +22,13 @@ def configure_numba_cache(home: Path | str | None = None) -> str:
     first imported (vectorbt and the live-candle kernel import it), and never again. `home`
     defaults to `HFT_HOME` (else `.hft`), the settings' home. An explicit `NUMBA_CACHE_DIR` wins.
     """
-    if home is None:
-        home = os.environ.get("HFT_HOME") or ".hft"
-    return os.environ.setdefault("NUMBA_CACHE_DIR", str(numba_cache_dir(home)))
+    try:
+        settings = Settings.from_env()
+    except SettingsError:
+        # Another variable is wrong: the command's own settings read reports it by name.
+        settings = Settings()
+    if settings.numba_cache_dir is not None:
+        return str(settings.numba_cache_dir)
+    directory = str(numba_cache_dir(settings.home if home is None else home))
+    os.environ["NUMBA_CACHE_DIR"] = directory  # numba reads its own variable, once
+    return directory
