@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hft_pipeline.settings import Settings, environment
+
 log = logging.getLogger(__name__)
 
 #: Exit statuses that mean "stopped because we asked it to".
@@ -67,7 +69,7 @@ def prepare_dagster_home(dagster_home: Path, project_dir: Path) -> Path:
 
 def child_env(config: UpConfig, dagster_home: Path) -> dict[str, str]:
     """The environment both children share, so they agree on home, store and API address."""
-    env = dict(os.environ)
+    env = environment()
     env["HFT_HOME"] = str(config.home)
     env["HFT_API_HOST"] = config.api_host
     env["HFT_API_PORT"] = str(config.api_port)
@@ -118,10 +120,8 @@ class Launcher:
     def __init__(self, config: UpConfig) -> None:
         self.config = config
         self.project_dir = config.project_dir or find_project_dir()
-        dagster_home = config.dagster_home or (
-            Path(os.environ["DAGSTER_HOME"])
-            if os.environ.get("DAGSTER_HOME")
-            else config.home / "dagster"
+        dagster_home = (
+            config.dagster_home or Settings.from_env().dagster_home or config.home / "dagster"
         )
         self.dagster_home = dagster_home.resolve()
         self.children: dict[str, subprocess.Popen] = {}
