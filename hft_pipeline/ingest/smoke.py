@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hft_pipeline.client import IngestClient, Reply
 from hft_pipeline.market.timeframes import ALL_TIMEFRAMES
+from hft_pipeline.settings import Settings
 
 TEST_SYMBOLS = ("SMOKE_A", "SMOKE_B")
 
@@ -37,7 +37,7 @@ def run_smoke(
     out: Callable[[str], None] = print,
 ) -> SmokeReport:
     """Check connectivity, subscribe test symbols, collect, call every endpoint, unsubscribe."""
-    token = token if token is not None else os.environ.get("HFT_API_TOKEN", "")
+    token = token if token is not None else Settings.from_env().api_token.get_secret_value()
     api = IngestClient(url, token=token or None, timeout=10)
     report = SmokeReport()
 
