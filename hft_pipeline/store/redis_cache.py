@@ -18,7 +18,7 @@ import redis
 
 from hft_pipeline.market.indicator_cache import IndicatorCache, Value
 
-__all__ = ["RedisTier", "indicator_cache_from_env"]
+__all__ = ["RedisTier", "build_indicator_cache", "indicator_cache_from_env"]
 
 
 class RedisTier:
@@ -42,19 +42,35 @@ class RedisTier:
         return int(self._client.delete(*keys)) if keys else 0
 
 
-def indicator_cache_from_env(env: Mapping[str, str] | None = None, **kwargs: Any) -> IndicatorCache:
-    """The cache `HFT_INDICATOR_CACHE_BYTES` sizes, in Redis too when `HFT_REDIS_URL` is set.
+def build_indicator_cache(
+    max_bytes: int | None = None, redis_url: str = "", ttl_s: int = 3600, **kwargs: Any
+) -> IndicatorCache:
+    """A cache of `max_bytes` (None: the cache's default), in Redis too when `redis_url` is set.
 
-    `HFT_INDICATOR_CACHE_TTL_S` is the Redis TTL (default 3600 s); `kwargs` go to IndicatorCache.
+    The values are the settings' HFT_INDICATOR_CACHE_BYTES, HFT_REDIS_URL and
+    HFT_INDICATOR_CACHE_TTL_S (docs/configuration.md); `kwargs` go to IndicatorCache.
+    """
+    if max_bytes is not None:
+        kwargs.setdefault("max_bytes", max_bytes)
+    if redis_url:
+        kwargs.setdefault("shared", RedisTier(redis_url, ttl_s=ttl_s))
+    return IndicatorCache(**kwargs)
+
+
+def indicator_cache_from_env(env: Mapping[str, str] | None = None, **kwargs: Any) -> IndicatorCache:
+    """`build_indicator_cache` from the three variables in `env` (default: the process's).
+
+    The store may not import the settings (a layer below them), so it reads the same names; a
+    caller that holds the settings should call `build_indicator_cache` with their values.
     """
     env = os.environ if env is None else env
-    if env.get("HFT_INDICATOR_CACHE_BYTES"):
-        kwargs.setdefault("max_bytes", int(env["HFT_INDICATOR_CACHE_BYTES"]))
-    url = env.get("HFT_REDIS_URL")
-    if url:
-        ttl_s = int(env.get("HFT_INDICATOR_CACHE_TTL_S") or 3600)
-        kwargs.setdefault("shared", RedisTier(url, ttl_s=ttl_s))
-    return IndicatorCache(**kwargs)
+    raw_bytes = env.get("HFT_INDICATOR_CACHE_BYTES")
+    return build_indicator_cache(
+        int(raw_bytes) if raw_bytes else None,
+        env.get("HFT_REDIS_URL") or "",
+        int(env.get("HFT_INDICATOR_CACHE_TTL_S") or 3600),
+        **kwargs,
+    )
 
 
 def encode(value: Value) -> bytes:
