@@ -7,10 +7,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import pandas as pd
-import requests
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from hft_pipeline.client import ApiError as IngestApiError
+from hft_pipeline.client import IngestClient
 from hft_pipeline.market.candles import CANDLE_COLUMNS
 from hft_pipeline.settings import Settings
 from hft_pipeline.store import TickStore, open_store
@@ -41,15 +42,6 @@ class StoreResource(ConfigurableResource):
             store.close()
 
 
-class IngestApiError(RuntimeError):
-    """The ingest API did not answer, or answered with an error status."""
-
-    def __init__(self, message: str, status: int | None = None, body: Any = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = body
-
-
 class IngestApiResource(ConfigurableResource):
     """Client of the ingest service's HTTP API (docs/api.md)."""
 
@@ -58,25 +50,10 @@ class IngestApiResource(ConfigurableResource):
     timeout: float = Field(default=5.0, description="Seconds per request.")
 
     def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
-        url = self.base_url.rstrip("/") + path
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        try:
-            response = requests.get(url, params=params, headers=headers, timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise IngestApiError(f"GET {url} failed: {exc}") from exc
-        try:
-            body = response.json()
-        except ValueError:
-            body = response.text
-        if response.status_code != 200:
-            detail = body.get("problems") or body.get("detail") if isinstance(body, dict) else body
-            raise IngestApiError(
-                f"GET {url} answered {response.status_code}: {detail}",
-                status=response.status_code,
-                body=body,
-            )
+        with IngestClient(self.base_url, token=self.token, timeout=self.timeout) as client:
+            body = client.get(path, params).json()
         if not isinstance(body, dict):
-            raise IngestApiError(f"GET {url} answered 200 without a JSON object", 200, body)
+            raise IngestApiError(f"GET {path} answered 200 without a JSON object", 200, body)
         return body
 
     def health(self) -> dict[str, Any]:
