@@ -84,6 +84,31 @@ def cmd_up(args: argparse.Namespace) -> int:
     return run_up(config)
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from hft_pipeline.observability.redaction import redact_url
+    from hft_pipeline.settings import DEFAULT, env_name, fields_by_group
+
+    settings = _settings(args)
+    sources = settings.sources()
+    groups = list(fields_by_group())
+    rows = [
+        (env_name(name), settings.display(name), sources.get(name, DEFAULT))
+        for _, _, members in groups
+        for name, _ in members
+    ]
+    var_w = max(len(r[0]) for r in rows)
+    value_w = min(60, max(len(r[1]) for r in rows))
+    for key, title, members in groups:
+        print(f"[{key}] {title}")
+        for name, _ in members:
+            var, value, source = env_name(name), settings.display(name), sources.get(name, DEFAULT)
+            print(f"  {var:<{var_w}}  {value or '-':<{value_w}}  {source}")
+        if key == "store":
+            print(f"  {'(store opened)':<{var_w}}  {redact_url(settings.resolved_store_url)}")
+        print()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hft", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -139,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(up)
     up.set_defaults(func=cmd_up)
+
+    config = sub.add_parser(
+        "config", help="print the effective settings by group, secrets masked, and their source"
+    )
+    common(config)
+    config.set_defaults(func=cmd_config)
 
     smoke = sub.add_parser("smoke", help="end-to-end check of a running ingest API")
     smoke.add_argument("url", nargs="?", default="http://127.0.0.1:8002")
