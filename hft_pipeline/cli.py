@@ -86,8 +86,11 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     from hft_pipeline.observability.redaction import redact_url
-    from hft_pipeline.settings import DEFAULT, env_name, fields_by_group
+    from hft_pipeline.settings import DEFAULT, env_name, fields_by_group, reference_markdown
 
+    if args.reference:
+        print(reference_markdown(), end="")
+        return 0
     settings = _settings(args)
     sources = settings.sources()
     groups = list(fields_by_group())
@@ -167,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser(
         "config", help="print the effective settings by group, secrets masked, and their source"
+    )
+    config.add_argument(
+        "--reference",
+        action="store_true",
+        help="print every variable's type, default and meaning as Markdown (docs/configuration.md)",
     )
     common(config)
     config.set_defaults(func=cmd_config)

@@ -100,7 +100,7 @@ class Settings(BaseSettings):
         "store",
         "HFT_STORE_URL",
         "",
-        "sqlite:///PATH or postgresql://user:pass@host/db; empty: sqlite:///<home>/hft.sqlite3.",
+        "sqlite:///PATH or postgresql://user:pass@host/db; empty: sqlite:///$HFT_HOME/hft.sqlite3.",
     )
     pool_size: int = _var(
         "store", "HFT_POOL_SIZE", 20, "PostgreSQL connections of the ingest service's pool."
@@ -357,13 +357,13 @@ class Settings(BaseSettings):
         "runtime",
         "DAGSTER_HOME",
         None,
-        "Dagster instance directory; unset: `hft up` uses <home>/dagster.",
+        "Dagster instance directory; unset: `hft up` uses $HFT_HOME/dagster.",
     )
     numba_cache_dir: Path | None = _var(
         "runtime",
         "NUMBA_CACHE_DIR",
         None,
-        "Where numba keeps compiled kernels; unset: <home>/numba-cache.",
+        "Where numba keeps compiled kernels; unset: $HFT_HOME/numba-cache.",
     )
 
     @classmethod
@@ -508,6 +508,44 @@ def fields_by_group() -> Iterator[tuple[str, str, list[tuple[str, FieldInfo]]]]:
         yield key, title, members
 
 
+def _type_name(info: FieldInfo) -> str:
+    annotation = info.annotation
+    names = {Path: "path", int: "integer", float: "number", str: "text", datetime: "date/time"}
+    if annotation is SecretStr:
+        return "secret"
+    if annotation in names:
+        return names[annotation]
+    if getattr(annotation, "__origin__", None) is tuple:
+        return "comma-separated list"
+    args = [a for a in getattr(annotation, "__args__", ()) if a is not type(None)]
+    return f"{names.get(args[0], 'text')}, optional" if len(args) == 1 else "text"
+
+
+def _default_text(info: FieldInfo) -> str:
+    value = info.default
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if isinstance(value, datetime):
+        value = value.isoformat()
+    if isinstance(value, tuple):
+        value = ",".join(value)
+    return "(empty)" if value is None or value == "" else f"`{value}`"
+
+
+def reference_markdown() -> str:
+    """Every variable by group as Markdown tables: the reference part of docs/configuration.md."""
+    lines: list[str] = []
+    for key, title, members in fields_by_group():
+        lines += [f"### {title} (`{key}`)", "", "| Variable | Type | Default | Meaning |"]
+        lines.append("|---|---|---|---|")
+        for _, info in members:
+            doc = (info.description or "").replace("|", "\\|")
+            var = _extra(info)["env"]
+            lines.append(f"| `{var}` | {_type_name(info)} | {_default_text(info)} | {doc} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def environment() -> dict[str, str]:
     """A copy of the process environment, for a child process to inherit (then amended)."""
     return dict(os.environ)
@@ -544,4 +582,5 @@ __all__ = [
     "env_name",
     "environment",
     "fields_by_group",
+    "reference_markdown",
 ]
