@@ -32,6 +32,7 @@ class DeliveryError(Exception):
 def http_error(
     channel: str, response: requests.Response, retry_after: float | None
 ) -> DeliveryError:
+    """The failed answer as a DeliveryError: retryable for 429, 408 and 5xx, body redacted."""
     status = response.status_code
     body = redact(response.text[:300])
     if status == 429:
@@ -45,7 +46,10 @@ def http_error(
     )
 
 
-def post_json(channel: str, session: requests.Session, url: str, payload: dict, timeout_s: float):
+def post_json(
+    channel: str, session: requests.Session, url: str, payload: dict, timeout_s: float
+) -> requests.Response:
+    """POST `payload` as JSON; a retryable DeliveryError, free of the URL, when nothing answers."""
     try:
         return session.post(url, json=payload, timeout=timeout_s)
     except requests.RequestException as exc:
@@ -53,7 +57,8 @@ def post_json(channel: str, session: requests.Session, url: str, payload: dict, 
         raise DeliveryError(f"{channel}: {type(exc).__name__}: {exc}", retryable=True) from None
 
 
-def float_or_none(value: Any) -> float | None:
+def retry_after_s(value: Any) -> float | None:
+    """A server's retry-after value as seconds (never negative); None when it is no number."""
     try:
         return max(0.0, float(value))
     except (TypeError, ValueError):

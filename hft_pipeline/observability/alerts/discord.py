@@ -6,7 +6,7 @@ from typing import Any
 
 import requests
 
-from hft_pipeline.observability.alerts.channel import float_or_none, http_error, post_json
+from hft_pipeline.observability.alerts.channel import http_error, post_json, retry_after_s
 from hft_pipeline.observability.alerts.limits import clip
 from hft_pipeline.observability.alerts.model import LEVEL_COLOURS, LEVEL_ICONS, Alert
 from hft_pipeline.observability.redaction import register as _register_secrets
@@ -81,11 +81,11 @@ class DiscordChannel:
         retry_after = None
         if response.status_code == 429:
             try:
-                retry_after = float_or_none(response.json().get("retry_after"))
+                retry_after = retry_after_s(response.json().get("retry_after"))
             except ValueError:
                 retry_after = None
             if retry_after is None:
-                retry_after = float_or_none(response.headers.get("Retry-After"))
+                retry_after = retry_after_s(response.headers.get("Retry-After"))
         raise http_error(self.name, response, retry_after)
 
     def close(self) -> None:

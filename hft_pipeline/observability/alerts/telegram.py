@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import requests
 
-from hft_pipeline.observability.alerts.channel import float_or_none, http_error, post_json
+from hft_pipeline.observability.alerts.channel import http_error, post_json, retry_after_s
 from hft_pipeline.observability.alerts.limits import ELLIPSIS, clip, utf16_len
 from hft_pipeline.observability.alerts.model import LEVEL_ICONS, Alert
 from hft_pipeline.observability.redaction import register as _register_secrets
@@ -97,9 +97,9 @@ class TelegramChannel:
             return
         retry_after = None
         if response.status_code == 429:
-            retry_after = float_or_none((body.get("parameters") or {}).get("retry_after"))
+            retry_after = retry_after_s((body.get("parameters") or {}).get("retry_after"))
             if retry_after is None:
-                retry_after = float_or_none(response.headers.get("Retry-After"))
+                retry_after = retry_after_s(response.headers.get("Retry-After"))
         raise http_error(self.name, response, retry_after)
 
     def close(self) -> None:
