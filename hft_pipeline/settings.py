@@ -74,6 +74,7 @@ class _MappingEnvSource(EnvSettingsSource):
         super().__init__(settings_cls, case_sensitive=True, env_ignore_empty=True)
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
+        # The source's one hook for where variables come from (it reads os.environ otherwise).
         return parse_env_vars(self._mapping, True, True, None)
 
 
