@@ -5,7 +5,7 @@ the service ingests 50,000 ticks/s over 150 symbols, on SQLite and on PostgreSQL
 The service is the real `hft ingest` command (simulator feed, 150 symbols, a temporary home) in a
 subprocess with default settings, so the API's admission control runs with its defaults
 (docs/candles.md). Load comes from CLIENT_PROCS processes of closed-loop threads, each one
-keep-alive `http.client` connection asking for a random path; a client that gets a 429/503 waits
+keep-alive connection (hft_pipeline.client, over `http.client`) asking for a random path; a client that gets a 429/503 waits
 the Retry-After it was given, as a well-behaved client does. Latency is measured per answered
 request in the client, on the same 2 cores as the server, the persister and the database.
 
@@ -31,7 +31,6 @@ Run: `.venv/bin/python -m benchmarks.api [--quick]` (--quick: 4 s phases, for de
 from __future__ import annotations
 
 import contextlib
-import http.client
 import os
 import random
 import signal
@@ -46,9 +45,9 @@ from pathlib import Path
 
 import msgspec
 import numpy as np
-import requests
 
 from benchmarks.workload import percentiles, print_rows, row, scratch_database, symbol_names
+from hft_pipeline.client import ApiError, IngestClient
 from hft_pipeline.ingest.feeds.simulator import generate
 from hft_pipeline.market.ticks import concat_batches
 from hft_pipeline.settings import Settings
@@ -121,33 +120,26 @@ def _client_thread(port: int, paths: list[str], until: float, seed: int) -> tupl
     latencies: list[float] = []
     counts = 0
     statuses: Counter = Counter()
-    # http.client rather than requests: about a third of the client CPU per request, which
-    # matters when the load generator shares 2 cores with the server.
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
+    # The project's client is http.client underneath, not requests: about a third of the client
+    # CPU per request, which matters when the load generator shares 2 cores with the server.
+    with IngestClient(f"http://127.0.0.1:{port}", timeout=60) as client:
         while (now := time.perf_counter()) < until:
             path = rng.choice(paths)
             try:
-                conn.request("GET", path)
-                response = conn.getresponse()
-                body = response.read()
-            except (OSError, http.client.HTTPException):
+                reply = client.request("GET", path)  # the next request reconnects after an error
+            except ApiError:
                 statuses["connection error"] += 1
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
                 continue
             elapsed = time.perf_counter() - now
-            if response.status != 200:
-                statuses[response.status] += 1
-                retry = response.getheader("Retry-After")
+            if reply.status != 200:
+                statuses[reply.status] += 1
+                retry = reply.header("Retry-After")
                 if retry and retry.isdigit():
                     time.sleep(max(0.0, min(float(retry), until - time.perf_counter())))
                 continue
             latencies.append(elapsed)
             if path.startswith("/ticks/"):
-                counts += _COUNT.decode(body).count
-    finally:
-        conn.close()
+                counts += _COUNT.decode(reply.body).count
     return latencies, counts, statuses
 
 
@@ -165,9 +157,9 @@ def _client_process(port: int, paths: list[str], threads: int, seconds: float, s
     return [x for p in parts for x in p[0]], sum(p[1] for p in parts), dict(statuses)
 
 
-def _status(base: str) -> tuple[float, int, int, int]:
+def _status(api: IngestClient) -> tuple[float, int, int, int]:
     """(time, accepted, persisted, pending) from /status."""
-    body = requests.get(base + "/status", timeout=30).json()
+    body = api.get("/status").json()
     persistence = body["persistence"]
     return (
         time.perf_counter(),
@@ -181,15 +173,16 @@ def _phase(
     pool: ProcessPoolExecutor, port: int, paths: list[str], clients: int, seconds: float
 ) -> dict:
     """One load phase of `clients` closed-loop clients for `seconds`, /status every second."""
-    base = f"http://127.0.0.1:{port}"
-    samples = [_status(base)]
+    api = IngestClient(f"http://127.0.0.1:{port}", timeout=30)
+    samples = [_status(api)]
     per_proc = [clients // CLIENT_PROCS + (i < clients % CLIENT_PROCS) for i in range(CLIENT_PROCS)]
     futures = [
         pool.submit(_client_process, port, paths, n, seconds, i) for i, n in enumerate(per_proc)
     ]
     while not all(f.done() for f in futures):
         time.sleep(max(0.0, samples[-1][0] + 1.0 - time.perf_counter()))
-        samples.append(_status(base))
+        samples.append(_status(api))
+    api.close()
     parts = [f.result() for f in futures]
     latencies = np.array([x for p in parts for x in p[0]]) * 1e3
     statuses: Counter = Counter()
@@ -215,18 +208,20 @@ def _phase(
 def _wait_ready(base: str, proc: subprocess.Popen, symbols: list[str], timeout: float) -> None:
     """Wait until the API answers and ring buffers hold LIMIT ticks (raw answers are full)."""
     deadline = time.monotonic() + timeout
+    api = IngestClient(base, timeout=5)
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"hft ingest exited with {proc.returncode}")
-        with contextlib.suppress(requests.RequestException):
-            answers = [
-                requests.get(f"{base}/ticks/{s}", params={"limit": LIMIT}, timeout=5)
-                for s in (symbols[0], symbols[-1])
-            ]
+        with contextlib.suppress(ApiError):
             # 404 until the symbol's first tick arrived.
-            if all(a.status_code == 200 and a.json()["count"] >= LIMIT for a in answers):
+            if all(
+                api.get(f"/ticks/{s}", {"limit": LIMIT}).json(_Count).count >= LIMIT
+                for s in (symbols[0], symbols[-1])
+            ):
+                api.close()
                 return
         time.sleep(0.5)
+    api.close()
     raise RuntimeError(f"hft ingest at {base} not ready with {LIMIT} ticks within {timeout}s")
 
 

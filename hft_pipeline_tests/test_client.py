@@ -93,6 +93,8 @@ def test_a_connection_the_server_closed_is_reopened():
         protocol_version = "HTTP/1.1"
 
         def do_GET(self):
+            if self.command == "POST":
+                self.rfile.read(int(self.headers["Content-Length"]))
             seen.append(self.client_address[1])
             body = msgspec.json.encode({"n": len(seen)})
             self.send_response(200)
@@ -100,6 +102,8 @@ def test_a_connection_the_server_closed_is_reopened():
             self.end_headers()
             self.wfile.write(body)
             self.close_connection = True
+
+        do_POST = do_GET
 
         def log_message(self, *args):
             pass
@@ -109,11 +113,13 @@ def test_a_connection_the_server_closed_is_reopened():
     try:
         with IngestClient(f"http://127.0.0.1:{server.server_port}") as client:
             answers = []
-            for _ in range(3):
-                answers.append(client.get("/x").json()["n"])
+            for _ in range(2):
+                answers.append(client.get("/x").json()["n"])  # found stale, sent again
                 time.sleep(0.05)  # lets the server's close arrive, as an idle timeout would
-        assert answers == [1, 2, 3]
-        assert len(set(seen)) == 3  # three connections, one per request
+                answers.append(client.post("/x", {}).json()["n"])  # checked before it goes out
+                time.sleep(0.05)
+        assert answers == [1, 2, 3, 4]
+        assert len(set(seen)) == 4  # four connections, one per request
     finally:
         server.shutdown()
         server.server_close()
