@@ -304,7 +304,7 @@ async def require_token(request: Request) -> None:
     credentials = await _bearer(request)
     # Bytes: compare_digest refuses str with non-ASCII characters (header values are latin-1).
     if credentials is None or not secrets.compare_digest(
-        credentials.credentials.encode("latin-1"), token.encode()
+        credentials.credentials.encode("latin-1"), token.get_secret_value().encode()
     ):
         raise HTTPException(
             401,
