@@ -6,9 +6,11 @@ lock is needed; store queries run in worker threads and fill what memory does no
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -378,6 +380,8 @@ class TickQueries:
     #: Bounds of the stored-candles cache (entries, candles over all entries): oldest go first.
     CACHE_ENTRIES = 2048
     CACHE_ROWS = 1_000_000
+    #: Longest wait for the persister before a cache-filling read (see _await_persister).
+    SETTLE_WAIT_S = 0.2
 
     def __init__(self, service: IngestService) -> None:
         self.service = service
@@ -500,6 +504,8 @@ class TickQueries:
             and self._finest_forming(symbol) >= end
         ):
             entry = self._remember(key, _StoredCandles(log.end_offset))
+        if entry is not None and persister is not None:
+            await self._await_persister(entry.settle_offset)
         settled = (
             entry is not None and persister is not None and persister.offset >= entry.settle_offset
         )
@@ -519,6 +525,21 @@ class TickQueries:
             while self._stored_rows > self.CACHE_ROWS and len(self._stored) > 1:
                 self._evict_oldest()
         return encoded
+
+    async def _await_persister(self, offset: int) -> None:
+        """Wait (briefly) until the persister has stored the log up to `offset`.
+
+        A new entry settles at the log end of its creation, which the persister reaches within
+        a batch (50 ms): waiting for that makes the first read final and kept, instead of a
+        read that cannot be kept followed by one that can (a cold cache read each candle twice).
+        Not when the persister is behind: then the read goes ahead and is not kept.
+        """
+        service = self.service
+        if service.pending_ticks > 2 * service.settings.persist_batch_size:
+            return
+        deadline = time.monotonic() + self.SETTLE_WAIT_S
+        while service.persister.offset < offset and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 
     def _finest_forming(self, symbol: str) -> int:
         """Start of `symbol`'s forming bucket of the finest live timeframe (ticks before are late)."""
