@@ -6,8 +6,9 @@ The service is the real `hft ingest` command (simulator feed, 150 symbols, a tem
 subprocess with default settings, so the API's admission control runs with its defaults
 (docs/candles.md). Load comes from CLIENT_PROCS processes of closed-loop threads, each one
 keep-alive connection (hft_pipeline.client, over `http.client`) asking for a random path; a
-client that gets a 429/503 waits the Retry-After it was given, as a well-behaved client does. Latency is measured per answered
-request in the client, on the same 2 cores as the server, the persister and the database.
+client that gets a 429/503 waits the Retry-After it was given, as a well-behaved client does.
+Latency is measured per answered request in the client, on the same 2 cores as the server, the
+persister and the database.
 
 Per phase the benchmark reports req/s, p50/p99 of the 200 answers, the non-200 answers by
 status, and from /status (sampled every second) the persister's share of what was ingested in
