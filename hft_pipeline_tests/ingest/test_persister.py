@@ -270,3 +270,28 @@ def test_retention_makes_the_store_durable_and_saves_the_checkpoint_before_delet
         s: int(v) for s, v in stored(store).groupby("symbol").seq.max().items()
     }
     store.close()
+
+
+def test_a_stop_during_a_long_backoff_returns_within_its_deadline(tmp_path):
+    log = TickLog(tmp_path / "log", fsync="off")
+    inner = SqliteStore(tmp_path / "s.sqlite3")
+    inner.migrate()
+    store = FlakyStore(inner)
+    p = Persister(
+        log, store, batch_size=10, batch_timeout_s=0.01, retry_initial_s=5.0, retry_max_s=30.0
+    )
+    p.start(0)
+    log.append(batches(1, 50)[0])
+    p.notify()
+    deadline = time.monotonic() + 10
+    while p.retries < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert p.retries >= 1
+    thread = p._thread
+    started = time.monotonic()
+    assert p.stop(0.5) is False  # the store never came back: nothing could be drained
+    assert time.monotonic() - started < 0.9
+    assert not thread.is_alive()
+    assert inner.log_offset() == 0
+    log.close()
+    inner.close()
