@@ -28,6 +28,7 @@ MODULES = (
     "candles",
     "ticklog",
     "store_copy",
+    "importer",
     "simulator",
     "analytics",
     "dagster",
