@@ -6,10 +6,12 @@ trade lists, the comparison and the metadata all use it.
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -97,26 +99,47 @@ def top_run(metrics: pd.DataFrame, rank_by: str = "sharpe") -> pd.Series | None:
 
 
 def params_of(strategy: str, label: str) -> dict[str, float]:
-    """The parameters of `strategy` a metrics row's `params` label names (e.g. `fast=10, slow=50`)."""
+    """The parameters of `strategy` a `params` label names (e.g. `fast=10, slow=50`).
+
+    For reading a label typed by hand: a label shows 6 significant digits, so the pipeline
+    reads a run's exact parameters from its `param_values` instead.
+    """
     params = dict(part.split("=") for part in label.split(", "))
     return {k: float(params[k]) for k in get_strategy(strategy).defaults}
 
 
+def param_set_key(params: Mapping[str, Any]) -> str:
+    """A parameter set as an exact, order-independent key (labels may round two sets alike)."""
+    return json.dumps({k: params[k] for k in sorted(params)}, default=float)
+
+
+def run_params(runs: pd.DataFrame) -> list[dict[str, Any]]:
+    """Each row's exact parameters: its `param_values` (a frame without them, written by
+    hand, has its labels read)."""
+    if "param_values" in runs.columns:
+        return [dict(p) for p in runs["param_values"]]
+    return [params_of(s, label) for s, label in zip(runs["strategy"], runs["params"], strict=True)]
+
+
 def best_run_trades(wide: Wide, best: pd.DataFrame, config: BacktestConfig) -> pd.DataFrame:
     """Trade lists of the runs in `best` (rows of `best_runs`), simulated again in memory-bounded
-    chunks: columns strategy, symbol, params and `market.backtest.trade_list`'s."""
+    chunks: the trades frame of docs/results.md#frames."""
     frames = []
-    for (strategy, label), rows in best.groupby(["strategy", "params"], sort=False):
+    values = pd.Series(run_params(best), index=best.index, dtype=object)
+    keys = values.map(param_set_key)
+    for (strategy, key), rows in best.groupby([best["strategy"], keys], sort=False):
         strat = get_strategy(strategy)
+        params = values[keys == key].iloc[0]
         symbols = list(rows["symbol"])
         per_chunk = chunk_columns(len(wide["close"]), len(symbols), BEST_RUNS_MAX_BYTES)
         for s0 in range(0, len(symbols), per_chunk):
             sub = {k: v[symbols[s0 : s0 + per_chunk]] for k, v in wide.items()}
-            entries, exits = strat.signals(sub, params_of(strategy, label))
+            entries, exits = strat.signals(sub, params)
             pf = simulate(sub, entries, exits, config)
             trades = trade_list(pf, sub["close"].index).rename(columns={"column": "symbol"})
             trades.insert(0, "strategy", strategy)
-            trades.insert(2, "params", label)
+            trades.insert(2, "params", rows["params"].iloc[0])
+            trades.insert(3, "param_values", [params] * len(trades))
             frames.append(trades)
     if not frames:
         return pd.DataFrame(columns=["strategy", "symbol", "params"])
@@ -124,11 +147,15 @@ def best_run_trades(wide: Wide, best: pd.DataFrame, config: BacktestConfig) -> p
 
 
 def sweep_metrics(wide: Wide, names: Sequence[str], config: BacktestConfig) -> pd.DataFrame:
-    """Metrics of every strategy x parameter set x symbol: strategy, symbol, params, metrics."""
-    tables = [sweep(wide, name, config=config) for name in names]
-    return pd.concat(
-        [t[["strategy", "symbol", "params", *METRIC_COLUMNS]] for t in tables], ignore_index=True
-    )
+    """Metrics of every strategy x parameter set x symbol: strategy, symbol, params (the label),
+    param_values ({name: value} exactly as simulated), metrics."""
+    frames = []
+    for name in names:
+        table = sweep(wide, name, config=config)
+        values = table[list(get_strategy(name).defaults)].to_dict("records")
+        table.insert(table.columns.get_loc("params") + 1, "param_values", values)
+        frames.append(table[["strategy", "symbol", "params", "param_values", *METRIC_COLUMNS]])
+    return pd.concat(frames, ignore_index=True)
 
 
 @dataclass(slots=True)
@@ -189,8 +216,10 @@ __all__ = [
     "backtest_window",
     "best_run_trades",
     "best_runs",
+    "param_set_key",
     "params_of",
     "run_backtests",
+    "run_params",
     "sweep_metrics",
     "top_run",
 ]

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from hft_pipeline.analytics.backtests import best_runs, params_of
+from hft_pipeline.analytics.backtests import best_runs, param_set_key, run_params
 from hft_pipeline.analytics.candles import wide_candles
 from hft_pipeline.market.backtest import BacktestConfig
 from hft_pipeline.market.comparison import ComparisonResult, compare_strategies
+from hft_pipeline.market.strategies import get_strategy
 from hft_pipeline.store import BacktestRun, TickStore
 
 
@@ -38,9 +39,11 @@ def best_grids(
     best = best_runs(metrics, rank_by)
     grids = {}
     for name in names:
-        labels = set(best.loc[best["strategy"] == name, "params"])
-        ordered = dict.fromkeys(metrics.loc[metrics["strategy"] == name, "params"])
-        grids[name] = [params_of(name, label) for label in ordered if label in labels]
+        chosen = {param_set_key(p) for p in run_params(best[best["strategy"] == name])}
+        ordered: dict[str, dict[str, float]] = {}
+        for params in run_params(metrics[metrics["strategy"] == name]):
+            ordered.setdefault(param_set_key(params), params)
+        grids[name] = [params for key, params in ordered.items() if key in chosen]
     return grids
 
 
@@ -65,7 +68,8 @@ def compare_latest_backtests(store: TickStore) -> ComparisonReport:
     result = compare_strategies(wide, names, best_grids(metrics, names), backtest_config_of(run))
     for name in names:  # heatmaps over the whole stored grid, not the re-simulated subset
         table = metrics[metrics["strategy"] == name].reset_index(drop=True)
-        params = pd.DataFrame([params_of(name, p) for p in table["params"]])
+        columns = list(get_strategy(name).defaults)
+        params = pd.DataFrame(run_params(table), columns=columns)
         result.runs[name] = pd.concat([params, table], axis=1)
     store.write_comparison(run.run_key, result.best)
     return ComparisonReport(run.run_key, result)

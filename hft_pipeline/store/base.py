@@ -214,7 +214,7 @@ class TickStore(Protocol):
         """Wide: symbol, ts, one float64 column per stored name (sorted); sorted by (symbol, ts)."""
 
     def write_backtest(self, run: BacktestRun, metrics: pd.DataFrame, trades: pd.DataFrame) -> None:
-        """Store a run with its metrics (strategy, symbol, params, numeric columns) and trades.
+        """Store a run with its metrics and trades (the frames of docs/results.md#frames).
 
         Replaces an earlier run with the same run_key, in one transaction.
         """
@@ -223,10 +223,10 @@ class TickStore(Protocol):
         """Every stored run, newest (created_ns) first."""
 
     def backtest_metrics(self, run_key: str) -> pd.DataFrame:
-        """The metrics frame of `run_key` with the columns and dtypes it was written with."""
+        """The metrics frame of `run_key` (docs/results.md#frames); KeyError if there is none."""
 
     def backtest_trades(self, run_key: str) -> pd.DataFrame:
-        """The trades frame of `run_key` with the columns and dtypes it was written with."""
+        """The trades frame of `run_key` (docs/results.md#frames); KeyError if there is none."""
 
     def write_comparison(self, run_key: str, ranked: pd.DataFrame) -> None:
         """Store (or replace) the ranked comparison table of `run_key`."""
@@ -311,11 +311,6 @@ CANDLE_INPUT_COLUMNS = (
     "ticks",
 )
 STORED_CANDLE_COLUMNS = ("symbol", "ts", "open", "high", "low", "close", "volume", "ticks")
-#: Text columns identifying one backtest column (metrics, comparison and trade rows).
-RESULT_KEY_COLUMNS = ("strategy", "symbol", "params")
-#: Columns every trades frame has (market.backtest.trade_list plus RESULT_KEY_COLUMNS).
-TRADE_TIME_COLUMNS = ("entry_time", "exit_time")
-TRADE_FLOAT_COLUMNS = ("size", "entry_price", "exit_price", "fees", "pnl", "return")
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,207 +461,6 @@ def sort_by_symbol(names: np.ndarray, *keys: np.ndarray) -> np.ndarray:
     """Permutation ordering rows by (symbol name, *keys); `names` is an object array of str."""
     codes = np.unique(names, return_inverse=True)[1] if len(names) else np.empty(0, np.int64)
     return np.lexsort((*reversed(keys), codes))
-
-
-# -- result frames (metrics, comparisons, trades) <-> long numeric values ----------------------
-# Metric and comparison frames differ per strategy (parameter columns) and grow with
-# METRIC_COLUMNS, so they are stored long: one (row_no, name, value) per cell, text keys
-# alongside, and the column names and dtypes of the frame kept with the run to rebuild it.
-
-
-def _encode_numeric(column: pd.Series, name: str, what: str) -> np.ndarray:
-    kind = column.dtype.kind
-    if kind == "m":
-        ns = column.to_numpy().astype("m8[ns]").view(np.int64)
-        out = ns.astype(np.float64)
-        # Durations are exact up to 2**53 ns (104 days), far beyond any trade duration.
-        out[ns == np.iinfo(np.int64).min] = np.nan
-        return out
-    if kind in "iufb":
-        return column.to_numpy(dtype=np.float64)
-    raise ValueError(
-        f"{what}: column {name!r} has dtype {column.dtype}; only {list(RESULT_KEY_COLUMNS)} "
-        "may be text, every other column must be numeric or a timedelta"
-    )
-
-
-def restore_numeric(values: np.ndarray, dtype_name: str) -> np.ndarray | pd.Series:
-    """Inverse of `_encode_numeric` for a column written with dtype `dtype_name`."""
-    dtype = pd.api.types.pandas_dtype(dtype_name)
-    if dtype.kind == "m":
-        missing = np.isnan(values)
-        ns = np.where(missing, 0, values).astype(np.int64)
-        ns[missing] = np.iinfo(np.int64).min
-        return ns.view("m8[ns]").astype(dtype)
-    return values.astype(dtype)
-
-
-def _text_column(frame: pd.DataFrame, name: str, what: str) -> np.ndarray:
-    values = frame[name].to_numpy(dtype=object)
-    if not all(isinstance(v, str) for v in values):
-        raise ValueError(f"{what}: column {name!r} must hold str values only")
-    return values
-
-
-@dataclass(frozen=True, slots=True)
-class LongResults:
-    """A result frame as long cells: row keys, numeric cells and the frame's column schema."""
-
-    columns: list[list[str]]  # [[name, dtype], ...] in frame order
-    keys: dict[str, np.ndarray]  # RESULT_KEY_COLUMNS -> object arrays, one per frame row
-    names: list[str]  # numeric columns in frame order
-    values: np.ndarray  # float64 [n_rows, len(names)]
-
-    def cells(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(row_no, name index, value) of every cell, row-major."""
-        n, m = self.values.shape
-        return np.repeat(np.arange(n), m), np.tile(np.arange(m), n), self.values.ravel()
-
-
-def encode_results(frame: pd.DataFrame, what: str) -> LongResults:
-    """Metrics or comparison frame -> LongResults (ValueError if a column cannot be stored)."""
-    _require_columns(frame, RESULT_KEY_COLUMNS, what)
-    names = [c for c in frame.columns if c not in RESULT_KEY_COLUMNS]
-    if frame.columns.duplicated().any():
-        raise ValueError(f"{what}: duplicate column names {list(frame.columns)}")
-    if not names:
-        raise ValueError(f"{what}: no metric columns besides {list(RESULT_KEY_COLUMNS)}")
-    for name in names:
-        if not isinstance(name, str):
-            raise ValueError(f"{what}: column names must be str, not {name!r}")
-    values = np.empty((len(frame), len(names)), np.float64)
-    for j, name in enumerate(names):
-        values[:, j] = _encode_numeric(frame[name], name, what)
-    keys = {k: _text_column(frame, k, what) for k in RESULT_KEY_COLUMNS}
-    columns = [[str(c), str(frame[c].dtype)] for c in frame.columns]
-    return LongResults(columns, keys, names, values)
-
-
-def decode_results(
-    columns: list[list[str]],
-    row_no: np.ndarray,
-    keys: dict[str, np.ndarray],
-    name: np.ndarray,
-    value: np.ndarray,
-) -> pd.DataFrame:
-    """Rebuild the frame written by `encode_results` from its stored cells (any order)."""
-    numeric = [c for c, _ in columns if c not in RESULT_KEY_COLUMNS]
-    n = int(row_no.max()) + 1 if len(row_no) else 0
-    position = {c: j for j, c in enumerate(numeric)}
-    col = np.fromiter((position[x] for x in name), np.int64, len(name))
-    matrix = np.full((n, len(numeric)), np.nan)
-    matrix[row_no, col] = value
-    first = np.zeros(n, np.int64)
-    first[row_no[::-1]] = np.arange(len(row_no))[::-1]
-    data: dict[str, Any] = {}
-    for c, dtype in columns:
-        if c in RESULT_KEY_COLUMNS:
-            data[c] = pd.Series(keys[c][first] if n else np.empty(0, object), dtype=dtype)
-        else:
-            data[c] = restore_numeric(matrix[:, position[c]], dtype)
-    return pd.DataFrame(data, columns=[c for c, _ in columns])
-
-
-def _time_ns(column: pd.Series, name: str, what: str) -> np.ndarray:
-    kind = column.dtype.kind
-    if kind == "M" or isinstance(column.dtype, pd.DatetimeTZDtype):
-        return pd.DatetimeIndex(column).as_unit("ns").asi8
-    if kind == "i":
-        return column.to_numpy(dtype=np.int64)
-    raise ValueError(f"{what}: column {name!r} must be datetime64 or int64 ns, not {column.dtype}")
-
-
-def restore_time(ns: np.ndarray, dtype_name: str) -> Any:
-    """Inverse of `_time_ns` for a column written with dtype `dtype_name`."""
-    dtype = pd.api.types.pandas_dtype(dtype_name)
-    if isinstance(dtype, pd.DatetimeTZDtype):
-        index = pd.DatetimeIndex(ns.view("M8[ns]")).tz_localize("UTC").tz_convert(dtype.tz)
-        return index.as_unit(dtype.unit)
-    return ns.view("M8[ns]").astype(dtype) if dtype.kind == "M" else ns.astype(dtype)
-
-
-@dataclass(frozen=True, slots=True)
-class TradeRows:
-    """A trades frame split into fixed columns and extra numeric columns (stored long)."""
-
-    columns: list[list[str]]
-    text: dict[str, np.ndarray]  # strategy, symbol, params, status
-    times: dict[str, np.ndarray]  # entry_time, exit_time as int64 ns
-    floats: dict[str, np.ndarray]  # TRADE_FLOAT_COLUMNS
-    extra: LongResults  # other (numeric) columns, e.g. the parameter levels of trade_list
-
-    def __len__(self) -> int:
-        return len(self.text["strategy"])
-
-
-def encode_trades(trades: pd.DataFrame) -> TradeRows:
-    """Trades frame -> TradeRows (ValueError if a column is missing or cannot be stored)."""
-    what = "write_backtest trades"
-    text_cols = (*RESULT_KEY_COLUMNS, "status")
-    _require_columns(trades, (*text_cols, *TRADE_TIME_COLUMNS, *TRADE_FLOAT_COLUMNS), what)
-    if trades.columns.duplicated().any():
-        raise ValueError(f"{what}: duplicate column names {list(trades.columns)}")
-    fixed = {*text_cols, *TRADE_TIME_COLUMNS, *TRADE_FLOAT_COLUMNS}
-    extra_names = [c for c in trades.columns if c not in fixed]
-    for name in extra_names:
-        if not isinstance(name, str):
-            raise ValueError(f"{what}: column names must be str, not {name!r}")
-    extra = np.empty((len(trades), len(extra_names)), np.float64)
-    for j, name in enumerate(extra_names):
-        extra[:, j] = _encode_numeric(trades[name], name, what)
-    return TradeRows(
-        columns=[[str(c), str(trades[c].dtype)] for c in trades.columns],
-        text={c: _text_column(trades, c, what) for c in text_cols},
-        times={c: _time_ns(trades[c], c, what) for c in TRADE_TIME_COLUMNS},
-        floats={c: _float_column(trades, c, what) for c in TRADE_FLOAT_COLUMNS},
-        extra=LongResults([], {}, extra_names, extra),
-    )
-
-
-# The stored trade columns in read order (fixed part), and the extra cells; `{p}` is the
-# driver's placeholder ("?" for sqlite3, "%s" for psycopg).
-TRADES_QUERY = (
-    "select strategy, symbol, params, entry_ns, exit_ns, size, entry_price, exit_price, fees, "
-    'pnl, "return", status from backtest_trades where run_key = {p} order by row_no'
-)
-TRADE_VALUES_QUERY = "select row_no, name, value from backtest_trade_values where run_key = {p}"
-
-
-def decode_trades(
-    columns: list[list[str]], rows: Sequence[Sequence[Any]], extra: Sequence[Sequence[Any]]
-) -> pd.DataFrame:
-    """Rebuild the trades frame from the rows of TRADES_QUERY and TRADE_VALUES_QUERY."""
-    cols = list(zip(*rows, strict=True)) if rows else [()] * 12
-    fixed: dict[str, np.ndarray] = {
-        "strategy": np.array(cols[0], dtype=object),
-        "symbol": np.array(cols[1], dtype=object),
-        "params": np.array(cols[2], dtype=object),
-        "entry_time": np.array(cols[3], dtype=np.int64),
-        "exit_time": np.array(cols[4], dtype=np.int64),
-        "status": np.array(cols[11], dtype=object),
-    }
-    for j, name in enumerate(TRADE_FLOAT_COLUMNS):
-        fixed[name] = np.array(cols[5 + j], dtype=np.float64)
-    extra_cols = list(zip(*extra, strict=True)) if extra else [(), (), ()]
-    extra_row = np.array(extra_cols[0], dtype=np.int64)
-    extra_name = np.array(extra_cols[1], dtype=object)
-    extra_value = np.array(extra_cols[2], dtype=np.float64)
-    n = len(fixed["strategy"])
-    extra_names = [c for c, _ in columns if c not in fixed]
-    position = {c: j for j, c in enumerate(extra_names)}
-    matrix = np.full((n, len(extra_names)), np.nan)
-    if len(extra_row):
-        col = np.fromiter((position[x] for x in extra_name), np.int64, len(extra_name))
-        matrix[extra_row, col] = extra_value
-    data: dict[str, Any] = {}
-    for c, dtype in columns:
-        if c in TRADE_TIME_COLUMNS:
-            data[c] = restore_time(fixed[c], dtype)
-        elif c in fixed:
-            data[c] = pd.Series(fixed[c], dtype=dtype)
-        else:
-            data[c] = restore_numeric(matrix[:, position[c]], dtype)
-    return pd.DataFrame(data, columns=[c for c, _ in columns])
 
 
 def indicators_wide(

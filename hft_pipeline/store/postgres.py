@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from hft_pipeline.market.ticks import TickBatch, validate_symbol
@@ -23,30 +22,15 @@ from hft_pipeline.market.timeframes import timeframe_ns
 from hft_pipeline.observability.redaction import register_url
 from hft_pipeline.store.base import (
     CANDLE_COLUMNS,
-    RESULT_KEY_COLUMNS,
-    STORED_CANDLE_COLUMNS,
     TICK_FRAME_COLUMNS,
     TICK_RANGE_COLUMNS,
-    TRADE_FLOAT_COLUMNS,
-    TRADE_VALUES_QUERY,
-    TRADES_QUERY,
-    BacktestRun,
     CancelScope,
-    LongResults,
     StoreUnavailableError,
     Subscription,
     Watermark,
     candle_tick_range,
-    config_json,
-    decode_results,
-    decode_trades,
-    encode_results,
-    encode_trades,
-    indicators_wide,
     recent_buckets_start,
     symbol_totals,
-    validate_candles,
-    validate_indicators,
 )
 from hft_pipeline.store.candles_1m import (
     COLUMNS as MINUTE_COLUMNS,
@@ -63,11 +47,12 @@ from hft_pipeline.store.candles_1m import (
 from hft_pipeline.store.copy import (
     TICK_COPY_COLUMNS,
     decode_fixed_rows,
-    encode_fixed_rows,
     encode_ticks,
 )
 from hft_pipeline.store.migrations import PG_MIGRATION_LOCK, migrate_postgres
 from hft_pipeline.store.pg_arrays import Float8Array, Int4Array, Int8Array, PgArray
+from hft_pipeline.store.results import ResultsRepository, postgres_engine
+from hft_pipeline.store.results.delegate import StoredResults
 
 DAY_NS = 86_400 * 1_000_000_000
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -211,7 +196,7 @@ _MINUTE_FIELDS = [
 _QUERY_SCOPE = threading.local()
 
 
-class PostgresStore:
+class PostgresStore(StoredResults):
     """TickStore on PostgreSQL 15+ (TimescaleDB hypertable if available, else daily partitions).
 
     Every method raises StoreUnavailableError when the server cannot be reached; the pool
@@ -261,6 +246,11 @@ class PostgresStore:
             name="hft-store",
         )
         self._pool.open(wait=False)
+        #: Candles, indicators, backtests and comparisons: the one results layer (docs/results.md),
+        #: on its own small SQLAlchemy pool (no connection until first use).
+        self.results = ResultsRepository(
+            postgres_engine(dsn, connect_timeout_s=self._connect_kwargs["connect_timeout"])
+        )
 
     def __repr__(self) -> str:
         return f"PostgresStore({self._safe_url!r})"
@@ -683,6 +673,7 @@ class PostgresStore:
     def close(self) -> None:
         """Close every pooled connection."""
         self._pool.close()
+        self.results.close()
 
     # -- inputs and results of the Dagster assets ----------------------------------------------
 
@@ -697,13 +688,6 @@ class PostgresStore:
         return [
             i for i in (self._lookup_symbol(s) for s in dict.fromkeys(symbols)) if i is not None
         ]
-
-    def _ids_of(self, symbol: np.ndarray) -> np.ndarray:
-        """int32 ids of an object array of symbol names (missing symbols are created)."""
-        if not len(symbol):
-            return np.empty(0, np.int32)
-        names, inverse = np.unique(symbol, return_inverse=True)
-        return self._symbol_table([str(n) for n in names])[inverse]
 
     def read_tick_range(
         self, start_ns: int, end_ns: int, symbols: Sequence[str] | None = None
@@ -753,239 +737,6 @@ class PostgresStore:
             ).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
-    def replace_candles(
-        self, candles: pd.DataFrame, start_ns: int, end_ns: int, timeframes: Sequence[str]
-    ) -> int:
-        """Replace the candles of `timeframes` in [start_ns, end_ns) by `candles`, atomically."""
-        rows = validate_candles(candles, start_ns, end_ns, timeframes)
-        with self._unavailable("replace_candles"):
-            ids = self._ids_of(rows.symbol)
-            payloads = []
-            for tf in sorted(set(timeframes)):
-                # In primary-key order (ts, symbol) within the timeframe: appends to the b-tree.
-                m = np.flatnonzero(rows.timeframe == tf)
-                m = m[np.lexsort((ids[m], rows.ts[m]))]
-                fields = [
-                    ("text", tf.encode()),
-                    (">i4", ids[m]),
-                    (">i8", rows.ts[m]),
-                    *((">f8", getattr(rows, c)[m]) for c in ("open", "high", "low", "close")),
-                    (">f8", rows.volume[m]),
-                    (">i8", rows.ticks[m]),
-                ]
-                payloads.append(encode_fixed_rows(fields, len(m)))
-            with self._pool.connection() as conn, conn.cursor() as cur:
-                cur.execute(
-                    "delete from candles where timeframe = any(%s::text[]) "
-                    "and ts_ns >= %s and ts_ns < %s",
-                    (sorted(set(timeframes)), int(start_ns), int(end_ns)),
-                )
-                for payload in payloads:
-                    with cur.copy(_COPY_CANDLES) as copy:
-                        copy.write(payload)
-        return len(rows)
-
-    def stored_candles(
-        self,
-        timeframe: str,
-        start_ns: int | None = None,
-        end_ns: int | None = None,
-        symbols: Sequence[str] | None = None,
-    ) -> pd.DataFrame:
-        """Candles written by `replace_candles`, sorted by (symbol, ts)."""
-        timeframe_ns(timeframe)
-        fields = [("symbol_id", ">i4"), *_CANDLE_FIELDS]
-        with self._unavailable("stored_candles"):
-            ids = self._stored_ids(symbols)
-            if ids is not None and not ids:
-                return _symbol_frame(
-                    np.empty(0, object), np.empty(0, _native(fields)), STORED_CANDLE_COLUMNS
-                )
-            where, params = _result_filter(timeframe, start_ns, end_ns, ids)
-            rows = self._fetch_copy(
-                "select symbol_id, ts_ns, open, high, low, close, volume, ticks "
-                f"from candles where {where}",
-                params,
-                fields,
-            )
-            names = self._names_by_id()
-        symbol, order = _sorted_symbols(names, rows["symbol_id"], rows["ts"])
-        return _symbol_frame(symbol, rows[order], STORED_CANDLE_COLUMNS)
-
-    def replace_indicators(
-        self, timeframe: str, values: pd.DataFrame, start_ns: int, end_ns: int
-    ) -> int:
-        """Replace `timeframe`'s indicator values in [start_ns, end_ns) by `values`, atomically."""
-        timeframe_ns(timeframe)
-        symbol, ts, names, matrix = validate_indicators(values, start_ns, end_ns)
-        n, m = matrix.shape
-        with self._unavailable("replace_indicators"):
-            ids = self._ids_of(symbol)
-            order = np.lexsort((ids, ts))  # primary-key order (ts, symbol, name)
-            ids, ts, matrix = ids[order], ts[order], matrix[order]
-            name_ids = self._indicator_ids(names)
-            payload = encode_fixed_rows(
-                [
-                    ("text", timeframe.encode()),
-                    (">i4", np.repeat(ids, m)),
-                    (">i8", np.repeat(ts, m)),
-                    (">i4", np.tile(np.array([name_ids[x] for x in names], np.int32), n)),
-                    (">f8", matrix.ravel()),
-                ],
-                n * m,
-            )
-            with self._pool.connection() as conn, conn.cursor() as cur:
-                cur.execute(
-                    "delete from indicators where timeframe = %s and ts_ns >= %s and ts_ns < %s",
-                    (timeframe, int(start_ns), int(end_ns)),
-                )
-                with cur.copy(_COPY_INDICATORS) as copy:
-                    copy.write(payload)
-        return n * m
-
-    def _indicator_ids(self, names: Sequence[str]) -> dict[str, int]:
-        # Own committed transaction, like symbols: an id is harmless if the write then fails.
-        with self._pool.connection() as conn:
-            conn.execute(
-                "insert into indicator_names (name) select unnest(%s::text[]) order by 1 "
-                "on conflict (name) do nothing",
-                (list(names),),
-            )
-            rows = conn.execute(
-                "select name, id from indicator_names where name = any(%s::text[])", (list(names),)
-            ).fetchall()
-        return dict(rows)
-
-    def stored_indicators(
-        self,
-        timeframe: str,
-        start_ns: int | None = None,
-        end_ns: int | None = None,
-        symbols: Sequence[str] | None = None,
-    ) -> pd.DataFrame:
-        """Wide: symbol, ts, one column per stored name (sorted); sorted by (symbol, ts)."""
-        timeframe_ns(timeframe)
-        with self._unavailable("stored_indicators"):
-            ids = self._stored_ids(symbols)
-            if ids is not None and not ids:
-                return indicators_wide(*(np.empty(0, t) for t in (object, np.int64, object, float)))
-            where, params = _result_filter(timeframe, start_ns, end_ns, ids)
-            rows = self._fetch_copy(
-                f"select symbol_id, ts_ns, name_id, value from indicators where {where}",
-                params,
-                [("symbol_id", ">i4"), ("ts", ">i8"), ("name_id", ">i4"), ("value", ">f8")],
-            )
-            names = self._names_by_id()
-            with self._pool.connection() as conn:
-                labels = dict(conn.execute("select id, name from indicator_names").fetchall())
-        return indicators_wide(
-            _lookup(names, rows["symbol_id"]),
-            rows["ts"],
-            _lookup(labels, rows["name_id"]),
-            rows["value"],
-        )
-
-    def write_backtest(self, run: BacktestRun, metrics: pd.DataFrame, trades: pd.DataFrame) -> None:
-        """Store `run` with its metrics and trades, replacing the same run_key, atomically."""
-        config = config_json(run.config)
-        cells = encode_results(metrics, "write_backtest metrics")
-        t = encode_trades(trades)
-        key = str(run.run_key)
-        with (
-            self._unavailable("write_backtest"),
-            self._pool.connection() as conn,
-            conn.cursor() as cur,
-        ):
-            for table in _BACKTEST_TABLES:
-                cur.execute(f"delete from {table} where run_key = %s", (key,))
-            cur.execute(
-                "insert into backtest_runs (run_key, created_ns, start_ns, end_ns, timeframe, "
-                "config, metric_columns, trade_columns) "
-                "values (%s, %s, %s, %s, %s, %s::jsonb, %s, %s)",
-                (
-                    key, int(run.created_ns), int(run.start_ns), int(run.end_ns),
-                    str(run.timeframe), config, Jsonb(cells.columns), Jsonb(t.columns),
-                ),
-            )  # fmt: skip
-            _copy_cells(cur, "backtest_metrics", key, cells)
-            # Text columns vary per row, so psycopg's binary row writer encodes them.
-            with cur.copy(_COPY_TRADES) as copy:
-                copy.set_types(_TRADE_TYPES)
-                columns = (
-                    t.text["strategy"].tolist(), t.text["symbol"].tolist(),
-                    t.text["params"].tolist(), t.times["entry_time"].tolist(),
-                    t.times["exit_time"].tolist(),
-                    *(t.floats[c].tolist() for c in TRADE_FLOAT_COLUMNS),
-                    t.text["status"].tolist(),
-                )  # fmt: skip
-                for row_no, row in enumerate(zip(*columns, strict=True)):
-                    copy.write_row((key, row_no, *row))
-            row_no, col, value = t.extra.cells()
-            with cur.copy(_COPY_TRADE_VALUES) as copy:
-                copy.set_types(["text", "int4", "text", "float8"])
-                names = t.extra.names
-                for r, j, v in zip(row_no.tolist(), col.tolist(), value.tolist(), strict=True):
-                    copy.write_row((key, r, names[j], v))
-
-    def backtest_runs(self) -> list[BacktestRun]:
-        """Every stored run, newest (created_ns) first."""
-        with self._unavailable("backtest_runs"), self._pool.connection() as conn:
-            rows = conn.execute(
-                "select run_key, created_ns, start_ns, end_ns, timeframe, config "
-                "from backtest_runs order by created_ns desc, run_key desc"
-            ).fetchall()
-        return [BacktestRun(k, int(c), int(s), int(e), tf, cfg) for k, c, s, e, tf, cfg in rows]
-
-    def _run_columns(self, conn: psycopg.Connection, run_key: str, column: str) -> list:
-        row = conn.execute(
-            f"select {column} from backtest_runs where run_key = %s", (run_key,)
-        ).fetchone()
-        if row is None:
-            raise KeyError(f"no backtest run {run_key!r} in {self!r}")
-        return row[0]
-
-    def backtest_metrics(self, run_key: str) -> pd.DataFrame:
-        """The metrics frame of `run_key` as written (KeyError if there is no such run)."""
-        with self._unavailable("backtest_metrics"), self._pool.connection() as conn:
-            columns = self._run_columns(conn, run_key, "metric_columns")
-            return _read_cells(conn, "backtest_metrics", run_key, columns)
-
-    def backtest_trades(self, run_key: str) -> pd.DataFrame:
-        """The trades frame of `run_key` as written (KeyError if there is no such run)."""
-        with self._unavailable("backtest_trades"), self._pool.connection() as conn:
-            columns = self._run_columns(conn, run_key, "trade_columns")
-            rows = conn.execute(TRADES_QUERY.format(p="%s"), (run_key,)).fetchall()
-            extra = conn.execute(TRADE_VALUES_QUERY.format(p="%s"), (run_key,)).fetchall()
-        return decode_trades(columns, rows, extra)
-
-    def write_comparison(self, run_key: str, ranked: pd.DataFrame) -> None:
-        """Store (or replace) the ranked comparison table of `run_key`, atomically."""
-        cells = encode_results(ranked, "write_comparison")
-        key = str(run_key)
-        with (
-            self._unavailable("write_comparison"),
-            self._pool.connection() as conn,
-            conn.cursor() as cur,
-        ):
-            cur.execute("delete from comparisons where run_key = %s", (key,))
-            cur.execute("delete from comparison_rows where run_key = %s", (key,))
-            cur.execute(
-                "insert into comparisons (run_key, created_ns, columns) values (%s, %s, %s)",
-                (key, time.time_ns(), Jsonb(cells.columns)),
-            )
-            _copy_cells(cur, "comparison_rows", key, cells)
-
-    def latest_comparison(self) -> tuple[str, pd.DataFrame] | None:
-        """(run_key, ranked table) of the most recently written comparison, None if none."""
-        with self._unavailable("latest_comparison"), self._pool.connection() as conn:
-            row = conn.execute(
-                "select run_key, columns from comparisons "
-                "order by created_ns desc, run_key desc limit 1"
-            ).fetchone()
-            if row is None:
-                return None
-            return row[0], _read_cells(conn, "comparison_rows", row[0], row[1])
-
 
 def _us_to_datetime(us: int) -> datetime:
     return _UNIX_EPOCH + timedelta(microseconds=us)
@@ -1020,25 +771,6 @@ def _frame(rows: np.ndarray, columns: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame({name: rows[name] for name in columns}, columns=list(columns))
 
 
-_COPY_CANDLES = (
-    "copy candles (timeframe, symbol_id, ts_ns, open, high, low, close, volume, ticks) "
-    "from stdin (format binary)"
-)
-_COPY_INDICATORS = (
-    "copy indicators (timeframe, symbol_id, ts_ns, name_id, value) from stdin (format binary)"
-)
-_COPY_TRADES = (
-    "copy backtest_trades (run_key, row_no, strategy, symbol, params, entry_ns, exit_ns, size, "
-    'entry_price, exit_price, fees, pnl, "return", status) from stdin (format binary)'
-)
-_TRADE_TYPES = ["text", "int4", "text", "text", "text", "int8", "int8", *["float8"] * 6, "text"]
-_COPY_TRADE_VALUES = (
-    "copy backtest_trade_values (run_key, row_no, name, value) from stdin (format binary)"
-)
-_CELL_TYPES = ["text", "int4", "text", "text", "text", "text", "float8"]
-_BACKTEST_TABLES = ("backtest_runs", "backtest_metrics", "backtest_trades", "backtest_trade_values")
-
-
 def _range_filter(start_ns: int, end_ns: int, ids: list[int] | None) -> tuple[str, dict[str, Any]]:
     """WHERE clause on ts_ns in [start_ns, end_ns) with the implied ts bounds (partition pruning)."""
     lo, hi = int(start_ns), int(end_ns)
@@ -1053,33 +785,6 @@ def _range_filter(start_ns: int, end_ns: int, ids: list[int] | None) -> tuple[st
         conds.append("symbol_id = any(%(ids)s::int4[])")
         params["ids"] = ids
     return " and ".join(conds), params
-
-
-def _result_filter(
-    timeframe: str, start_ns: int | None, end_ns: int | None, ids: list[int] | None
-) -> tuple[str, dict[str, Any]]:
-    conds = ["timeframe = %(tf)s"]
-    params: dict[str, Any] = {"tf": timeframe}
-    if start_ns is not None:
-        conds.append("ts_ns >= %(lo)s")
-        params["lo"] = int(start_ns)
-    if end_ns is not None:
-        conds.append("ts_ns < %(hi)s")
-        params["hi"] = int(end_ns)
-    if ids is not None:
-        conds.append("symbol_id = any(%(ids)s::int4[])")
-        params["ids"] = ids
-    return " and ".join(conds), params
-
-
-def _lookup(labels: dict[int, str], ids: np.ndarray) -> np.ndarray:
-    """Object array of the labels of integer ids, through a dense table (no per-row dict)."""
-    if not len(ids):
-        return np.empty(0, object)
-    table = np.empty(max(labels) + 1, object)
-    for ident, label in labels.items():
-        table[ident] = label
-    return table[ids]
 
 
 def _sorted_symbols(
@@ -1099,34 +804,3 @@ def _sorted_symbols(
 def _symbol_frame(symbol: np.ndarray, rows: np.ndarray, columns: Sequence[str]) -> pd.DataFrame:
     data = {"symbol": symbol, **{name: rows[name] for name in columns[1:]}}
     return pd.DataFrame(data, columns=list(columns))
-
-
-def _copy_cells(cur: psycopg.Cursor, table: str, key: str, cells: LongResults) -> None:
-    row_no, col, value = cells.cells()
-    strategy, symbol, params = (cells.keys[k][row_no].tolist() for k in RESULT_KEY_COLUMNS)
-    names = cells.names
-    statement = (
-        f"copy {table} (run_key, row_no, strategy, symbol, params, name, value) "
-        "from stdin (format binary)"
-    )
-    with cur.copy(statement) as copy:
-        copy.set_types(_CELL_TYPES)
-        for r, s, y, p, j, v in zip(
-            row_no.tolist(), strategy, symbol, params, col.tolist(), value.tolist(), strict=True
-        ):
-            copy.write_row((key, r, s, y, p, names[j], v))
-
-
-def _read_cells(conn: psycopg.Connection, table: str, key: str, columns: list) -> pd.DataFrame:
-    rows = conn.execute(
-        f"select row_no, strategy, symbol, params, name, value from {table} where run_key = %s",
-        (key,),
-    ).fetchall()
-    cols = list(zip(*rows, strict=True)) if rows else [()] * 6
-    return decode_results(
-        columns,
-        np.array(cols[0], dtype=np.int64),
-        {k: np.array(cols[1 + j], dtype=object) for j, k in enumerate(RESULT_KEY_COLUMNS)},
-        np.array(cols[4], dtype=object),
-        np.array(cols[5], dtype=np.float64),
-    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import sqlite3
 import threading
 import time
@@ -19,31 +18,15 @@ from hft_pipeline.market.ticks import TickBatch, validate_symbol
 from hft_pipeline.market.timeframes import timeframe_ns
 from hft_pipeline.store.base import (
     CANDLE_COLUMNS,
-    RESULT_KEY_COLUMNS,
-    STORED_CANDLE_COLUMNS,
     TICK_FRAME_COLUMNS,
     TICK_RANGE_COLUMNS,
-    TRADE_FLOAT_COLUMNS,
-    TRADE_VALUES_QUERY,
-    TRADES_QUERY,
-    BacktestRun,
     CancelScope,
-    LongResults,
     StoreUnavailableError,
     Subscription,
     Watermark,
     candle_tick_range,
-    config_json,
-    decode_results,
-    decode_trades,
-    encode_results,
-    encode_trades,
-    indicators_wide,
     recent_buckets_start,
-    sort_by_symbol,
     symbol_totals,
-    validate_candles,
-    validate_indicators,
 )
 from hft_pipeline.store.candles_1m import (
     COLUMNS as MINUTE_COLUMNS,
@@ -59,6 +42,8 @@ from hft_pipeline.store.candles_1m import (
     upsert_columns,
 )
 from hft_pipeline.store.migrations import migrate_sqlite
+from hft_pipeline.store.results import ResultsRepository, sqlite_engine
+from hft_pipeline.store.results.delegate import StoredResults
 
 _TICK_DTYPE = np.dtype(
     [("ts", "i8"), ("seq", "i8"), ("price", "f8"), ("volume", "f8"), ("bid", "f8"), ("ask", "f8")]
@@ -100,7 +85,7 @@ _UPSERT_OFFSET = """
 """
 
 
-class SqliteStore:
+class SqliteStore(StoredResults):
     """TickStore in one SQLite file; safe to share between threads (a connection per thread)."""
 
     def __init__(self, path: str | Path) -> None:
@@ -114,6 +99,8 @@ class SqliteStore:
         self._connections: list[sqlite3.Connection] = []
         self._symbol_ids: dict[str, int] = {}
         self._closed = False
+        #: Candles, indicators, backtests and comparisons: the one results layer (docs/results.md).
+        self.results = ResultsRepository(sqlite_engine(self.path))
 
     def __repr__(self) -> str:
         return f"SqliteStore({str(self.path)!r})"
@@ -396,6 +383,7 @@ class SqliteStore:
         for conn in connections:
             with suppress(sqlite3.Error):
                 conn.close()
+        self.results.close()
 
     # -- inputs and results of the Dagster assets ----------------------------------------------
 
@@ -458,239 +446,6 @@ class SqliteStore:
                 .fetchone()
             )
         return None if row is None or row[0] is None else int(row[0])
-
-    def replace_candles(
-        self, candles: pd.DataFrame, start_ns: int, end_ns: int, timeframes: Sequence[str]
-    ) -> int:
-        """Replace the candles of `timeframes` in [start_ns, end_ns) by `candles`, atomically."""
-        rows = validate_candles(candles, start_ns, end_ns, timeframes)
-        tfs = sorted(set(timeframes))
-        with self._unavailable("replace_candles"), self._write_lock:
-            conn = self._conn()
-            ids = _ids_of(self, conn, rows.symbol)
-            # In primary-key order (timeframe, ts, symbol): inserts append to the b-tree.
-            tf_codes = np.unique(rows.timeframe, return_inverse=True)[1] if len(rows) else ids
-            order = np.lexsort((ids, rows.ts, tf_codes)).tolist()
-            with _immediate_transaction(conn):
-                marks = ", ".join("?" * len(tfs))
-                conn.execute(
-                    f"delete from candles where timeframe in ({marks}) and ts_ns >= ? and ts_ns < ?",
-                    (*tfs, int(start_ns), int(end_ns)),
-                )
-                conn.executemany(
-                    "insert into candles (timeframe, symbol_id, ts_ns, open, high, low, close, "
-                    "volume, ticks) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    zip(
-                        rows.timeframe[order].tolist(), ids[order].tolist(),
-                        rows.ts[order].tolist(), rows.open[order].tolist(),
-                        rows.high[order].tolist(), rows.low[order].tolist(),
-                        rows.close[order].tolist(), rows.volume[order].tolist(),
-                        rows.ticks[order].tolist(),
-                        strict=True,
-                    ),
-                )  # fmt: skip
-        return len(rows)
-
-    def stored_candles(
-        self,
-        timeframe: str,
-        start_ns: int | None = None,
-        end_ns: int | None = None,
-        symbols: Sequence[str] | None = None,
-    ) -> pd.DataFrame:
-        """Candles written by `replace_candles`, sorted by (symbol, ts)."""
-        timeframe_ns(timeframe)
-        with self._unavailable("stored_candles"):
-            conn = self._conn()
-            where, params = _result_filter(self, conn, timeframe, start_ns, end_ns, symbols)
-            array = np.fromiter(
-                conn.execute(
-                    "select symbol_id, ts_ns, open, high, low, close, volume, ticks "
-                    f"from candles where {where}",
-                    params,
-                ),
-                _STORED_CANDLE_DTYPE,
-            )
-            names = self._names_by_id(conn)
-        if not len(array):
-            return _range_frame(
-                np.empty(0, object), np.empty(0, _CANDLE_DTYPE), STORED_CANDLE_COLUMNS
-            )
-        symbol = np.array([names[i] for i in array["symbol_id"].tolist()], dtype=object)
-        order = sort_by_symbol(symbol, array["ts"])
-        return _range_frame(symbol[order], array[order], STORED_CANDLE_COLUMNS)
-
-    def replace_indicators(
-        self, timeframe: str, values: pd.DataFrame, start_ns: int, end_ns: int
-    ) -> int:
-        """Replace `timeframe`'s indicator values in [start_ns, end_ns) by `values`, atomically."""
-        timeframe_ns(timeframe)
-        symbol, ts, names, matrix = validate_indicators(values, start_ns, end_ns)
-        with self._unavailable("replace_indicators"), self._write_lock:
-            conn = self._conn()
-            ids = _ids_of(self, conn, symbol)
-            order = np.lexsort((ids, ts))  # primary-key order (ts, symbol, name)
-            ids, ts, matrix = ids[order], ts[order], matrix[order]
-            conn.executemany(
-                "insert or ignore into indicator_names (name) values (?)", ((n,) for n in names)
-            )
-            name_ids = dict(conn.execute("select name, id from indicator_names").fetchall())
-            n, m = matrix.shape
-            with _immediate_transaction(conn):
-                conn.execute(
-                    "delete from indicators where timeframe = ? and ts_ns >= ? and ts_ns < ?",
-                    (timeframe, int(start_ns), int(end_ns)),
-                )
-                conn.executemany(
-                    "insert into indicators (timeframe, symbol_id, ts_ns, name_id, value) "
-                    "values (?, ?, ?, ?, ?)",
-                    zip(
-                        [timeframe] * (n * m),
-                        np.repeat(ids, m).tolist(),
-                        np.repeat(ts, m).tolist(),
-                        np.tile(np.array([name_ids[x] for x in names], np.int64), n).tolist(),
-                        matrix.ravel().tolist(),
-                        strict=True,
-                    ),
-                )
-        return n * m
-
-    def stored_indicators(
-        self,
-        timeframe: str,
-        start_ns: int | None = None,
-        end_ns: int | None = None,
-        symbols: Sequence[str] | None = None,
-    ) -> pd.DataFrame:
-        """Wide: symbol, ts, one column per stored name (sorted); sorted by (symbol, ts)."""
-        timeframe_ns(timeframe)
-        with self._unavailable("stored_indicators"):
-            conn = self._conn()
-            where, params = _result_filter(self, conn, timeframe, start_ns, end_ns, symbols)
-            rows = conn.execute(
-                f"select symbol_id, ts_ns, name_id, value from indicators where {where}", params
-            ).fetchall()
-            names = self._names_by_id(conn)
-            indicator_names = dict(conn.execute("select id, name from indicator_names").fetchall())
-        if not rows:
-            return indicators_wide(*(np.empty(0, t) for t in (object, np.int64, object, float)))
-        sid, ts, nid, value = zip(*rows, strict=True)
-        return indicators_wide(
-            np.array([names[i] for i in sid], dtype=object),
-            np.array(ts, np.int64),
-            np.array([indicator_names[i] for i in nid], dtype=object),
-            np.array(value, np.float64),
-        )
-
-    def write_backtest(self, run: BacktestRun, metrics: pd.DataFrame, trades: pd.DataFrame) -> None:
-        """Store `run` with its metrics and trades, replacing the same run_key, atomically."""
-        config = config_json(run.config)
-        cells = encode_results(metrics, "write_backtest metrics")
-        trade_rows = encode_trades(trades)
-        key = str(run.run_key)
-        with self._unavailable("write_backtest"), self._write_lock:
-            conn = self._conn()
-            with _immediate_transaction(conn):
-                for table in _BACKTEST_TABLES:
-                    conn.execute(f"delete from {table} where run_key = ?", (key,))
-                conn.execute(
-                    "insert into backtest_runs (run_key, created_ns, start_ns, end_ns, timeframe, "
-                    "config, metric_columns, trade_columns) values (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        key, int(run.created_ns), int(run.start_ns), int(run.end_ns),
-                        str(run.timeframe), config, json.dumps(cells.columns),
-                        json.dumps(trade_rows.columns),
-                    ),
-                )  # fmt: skip
-                _insert_cells(conn, "backtest_metrics", key, cells)
-                t = trade_rows
-                conn.executemany(
-                    'insert into backtest_trades (run_key, row_no, strategy, symbol, params, '
-                    'entry_ns, exit_ns, size, entry_price, exit_price, fees, pnl, "return", '
-                    "status) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    zip(
-                        [key] * len(t), range(len(t)),
-                        t.text["strategy"].tolist(), t.text["symbol"].tolist(),
-                        t.text["params"].tolist(),
-                        t.times["entry_time"].tolist(), t.times["exit_time"].tolist(),
-                        *(t.floats[c].tolist() for c in TRADE_FLOAT_COLUMNS),
-                        t.text["status"].tolist(),
-                        strict=True,
-                    ),
-                )  # fmt: skip
-                row_no, col, value = t.extra.cells()
-                conn.executemany(
-                    "insert into backtest_trade_values (run_key, row_no, name, value) "
-                    "values (?, ?, ?, ?)",
-                    zip(
-                        [key] * len(value), row_no.tolist(),
-                        [t.extra.names[j] for j in col.tolist()], value.tolist(),
-                        strict=True,
-                    ),
-                )  # fmt: skip
-
-    def backtest_runs(self) -> list[BacktestRun]:
-        """Every stored run, newest (created_ns) first."""
-        with self._unavailable("backtest_runs"):
-            rows = self._conn().execute(
-                "select run_key, created_ns, start_ns, end_ns, timeframe, config "
-                "from backtest_runs order by created_ns desc, run_key desc"
-            )
-            return [
-                BacktestRun(k, int(c), int(s), int(e), tf, json.loads(cfg))
-                for k, c, s, e, tf, cfg in rows
-            ]
-
-    def _run_columns(self, conn: sqlite3.Connection, run_key: str, column: str) -> list:
-        row = conn.execute(
-            f"select {column} from backtest_runs where run_key = ?", (run_key,)
-        ).fetchone()
-        if row is None:
-            raise KeyError(f"no backtest run {run_key!r} in {self!r}")
-        return json.loads(row[0])
-
-    def backtest_metrics(self, run_key: str) -> pd.DataFrame:
-        """The metrics frame of `run_key` as written (KeyError if there is no such run)."""
-        with self._unavailable("backtest_metrics"):
-            conn = self._conn()
-            columns = self._run_columns(conn, run_key, "metric_columns")
-            return _read_cells(conn, "backtest_metrics", run_key, columns)
-
-    def backtest_trades(self, run_key: str) -> pd.DataFrame:
-        """The trades frame of `run_key` as written (KeyError if there is no such run)."""
-        with self._unavailable("backtest_trades"):
-            conn = self._conn()
-            columns = self._run_columns(conn, run_key, "trade_columns")
-            rows = conn.execute(TRADES_QUERY.format(p="?"), (run_key,)).fetchall()
-            extra = conn.execute(TRADE_VALUES_QUERY.format(p="?"), (run_key,)).fetchall()
-        return decode_trades(columns, rows, extra)
-
-    def write_comparison(self, run_key: str, ranked: pd.DataFrame) -> None:
-        """Store (or replace) the ranked comparison table of `run_key`, atomically."""
-        cells = encode_results(ranked, "write_comparison")
-        key = str(run_key)
-        with self._unavailable("write_comparison"), self._write_lock:
-            conn = self._conn()
-            with _immediate_transaction(conn):
-                conn.execute("delete from comparisons where run_key = ?", (key,))
-                conn.execute("delete from comparison_rows where run_key = ?", (key,))
-                conn.execute(
-                    "insert into comparisons (run_key, created_ns, columns) values (?, ?, ?)",
-                    (key, time.time_ns(), json.dumps(cells.columns)),
-                )
-                _insert_cells(conn, "comparison_rows", key, cells)
-
-    def latest_comparison(self) -> tuple[str, pd.DataFrame] | None:
-        """(run_key, ranked table) of the most recently written comparison, None if none."""
-        with self._unavailable("latest_comparison"):
-            conn = self._conn()
-            row = conn.execute(
-                "select run_key, columns from comparisons "
-                "order by created_ns desc, run_key desc limit 1"
-            ).fetchone()
-            if row is None:
-                return None
-            return row[0], _read_cells(conn, "comparison_rows", row[0], json.loads(row[1]))
 
 
 def _insert_rows(
@@ -783,84 +538,6 @@ def _frame(rows: list[tuple], dtype: np.dtype, columns: Sequence[str]) -> pd.Dat
     # NULL bid/ask arrive as None, which numpy turns into NaN in a float field.
     array = np.array(rows, dtype=dtype) if rows else np.empty(0, dtype)
     return pd.DataFrame({name: array[name] for name in columns}, columns=list(columns))
-
-
-_STORED_CANDLE_DTYPE = np.dtype([("symbol_id", "i8"), *_CANDLE_DTYPE.descr])
-_BACKTEST_TABLES = ("backtest_runs", "backtest_metrics", "backtest_trades", "backtest_trade_values")
-
-
-@contextmanager
-def _immediate_transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception (the old rows stay)."""
-    conn.execute("begin immediate")
-    try:
-        yield
-        conn.execute("commit")
-    except BaseException:
-        with suppress(sqlite3.Error):
-            conn.execute("rollback")
-        raise
-
-
-def _ids_of(store: SqliteStore, conn: sqlite3.Connection, symbol: np.ndarray) -> np.ndarray:
-    """Database ids of an object array of symbol names (missing symbols are created)."""
-    if not len(symbol):
-        return np.empty(0, np.int64)
-    names, inverse = np.unique(symbol, return_inverse=True)
-    return store._symbol_table(conn, [str(n) for n in names])[inverse]
-
-
-def _result_filter(
-    store: SqliteStore,
-    conn: sqlite3.Connection,
-    timeframe: str,
-    start_ns: int | None,
-    end_ns: int | None,
-    symbols: Sequence[str] | None,
-) -> tuple[str, list[Any]]:
-    conds, params = ["timeframe = ?"], [timeframe]
-    if start_ns is not None:
-        conds.append("ts_ns >= ?")
-        params.append(int(start_ns))
-    if end_ns is not None:
-        conds.append("ts_ns < ?")
-        params.append(int(end_ns))
-    if symbols is not None:
-        ids = [i for i in (store._lookup_symbol(conn, s) for s in symbols) if i is not None]
-        conds.append(f"symbol_id in ({', '.join('?' * len(ids))})" if ids else "0")
-        params += ids
-    return " and ".join(conds), params
-
-
-def _insert_cells(conn: sqlite3.Connection, table: str, key: str, cells: LongResults) -> None:
-    row_no, col, value = cells.cells()
-    rows = row_no.tolist()
-    conn.executemany(
-        f"insert into {table} (run_key, row_no, strategy, symbol, params, name, value) "
-        "values (?, ?, ?, ?, ?, ?, ?)",
-        zip(
-            [key] * len(rows), rows,
-            cells.keys["strategy"][row_no].tolist(), cells.keys["symbol"][row_no].tolist(),
-            cells.keys["params"][row_no].tolist(),
-            [cells.names[j] for j in col.tolist()], value.tolist(),
-            strict=True,
-        ),
-    )  # fmt: skip
-
-
-def _read_cells(conn: sqlite3.Connection, table: str, key: str, columns: list) -> pd.DataFrame:
-    rows = conn.execute(
-        f"select row_no, strategy, symbol, params, name, value from {table} where run_key = ?",
-        (key,),
-    ).fetchall()
-    cols = list(zip(*rows, strict=True)) if rows else [()] * 6
-    return decode_results(
-        columns,
-        np.array(cols[0], dtype=np.int64),
-        {k: np.array(cols[1 + j], dtype=object) for j, k in enumerate(RESULT_KEY_COLUMNS)},
-        np.array(cols[4], dtype=object),
-        np.array(cols[5], dtype=np.float64),
-    )
 
 
 def _range_frame(symbol: np.ndarray, rows: np.ndarray, columns: Sequence[str]) -> pd.DataFrame:

@@ -1,8 +1,9 @@
 """Inputs and results of the Dagster assets in the store, on both backends.
 
-Tick ranges, stored candles, indicators, backtest runs (metrics, trades) and comparisons:
-exact round trips, replace-really-replaces, and a failure in the middle of a write (a row
-trigger raising after the old rows were deleted) leaving the previous rows intact.
+Tick ranges, stored candles, indicators, backtest runs (metrics, trades) and comparisons
+(the one results layer, store/results/, on SQLite and PostgreSQL): exact round trips,
+replace-really-replaces, and a failure in the middle of a write (a row trigger raising after
+the old rows were deleted) leaving the previous rows intact.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from hft_pipeline.market.frames import to_wide
 from hft_pipeline.market.strategies import get_strategy
 from hft_pipeline.store import BacktestRun
 from hft_pipeline.store.migrations import load_migrations
+from hft_pipeline.store.results.frames import (
+    COMPARISON_FRAME_COLUMNS,
+    METRICS_FRAME_COLUMNS,
+    TRADES_FRAME_COLUMNS,
+)
 from hft_pipeline_tests.store.conftest import Backend, expected_ticks, make_ticks, write_frame
 
 NS = 1_000_000_000
@@ -298,28 +304,42 @@ GRIDS = {
     "sma_crossover": [{"fast": 5, "slow": 50}, {"fast": 10, "slow": 50}],
     "rsi_mean_reversion": [{"window": 14}],
 }
+#: Parameter values a `{v:g}` label would round: they must come back bit for bit.
+EXACT = {"fast": 0.1 + 0.2, "slow": 123456.789012345, "tiny": 1e-12, "big": 2**53 + 1}
+
+
+def metrics_frame(wide: dict[str, pd.DataFrame], grids: dict) -> pd.DataFrame:
+    """The metrics frame of docs/results.md#frames, from market/'s sweeps."""
+    parts = []
+    for name, grid in grids.items():
+        table = sweep(wide, name, grid)
+        values = table[list(get_strategy(name).defaults)].to_dict("records")
+        table.insert(table.columns.get_loc("params") + 1, "param_values", values)
+        parts.append(table[list(METRICS_FRAME_COLUMNS)])
+    return pd.concat(parts, ignore_index=True)
 
 
 def backtest_results(
     run_key: str = "2026-11-21T00:10", created_ns: int = 1, grids: dict = GRIDS
 ) -> tuple[BacktestRun, pd.DataFrame, pd.DataFrame]:
-    """Metrics and trades exactly as market/ produces them (several strategies concatenated)."""
+    """Metrics and trades as the pipeline writes them (several strategies concatenated)."""
     wide = wide_candles()
-    metrics = pd.concat(
-        [sweep(wide, name, grid) for name, grid in grids.items()], ignore_index=True
-    )
+    metrics = metrics_frame(wide, grids)
+    metrics.at[0, "param_values"] = dict(EXACT)
     strategy = get_strategy("sma_crossover")
     entries, exits = strategy.sweep_signals(wide, grids["sma_crossover"])
-    trades = trade_list(simulate(wide, entries, exits, BacktestConfig()), wide["close"].index)
+    raw = trade_list(simulate(wide, entries, exits, BacktestConfig()), wide["close"].index)
+    values = [
+        {"fast": int(f), "slow": int(s)} for f, s in zip(raw["fast"], raw["slow"], strict=True)
+    ]
+    trades = raw.drop(columns=["fast", "slow"])
     trades.insert(0, "strategy", "sma_crossover")
-    trades.insert(
-        1,
-        "params",
-        [f"fast={f}, slow={s}" for f, s in zip(trades["fast"], trades["slow"], strict=True)],
-    )
+    trades.insert(2, "params", [f"fast={p['fast']}, slow={p['slow']}" for p in values])
+    trades.insert(3, "param_values", values)
+    trades = trades[list(TRADES_FRAME_COLUMNS)]
     run = BacktestRun(
         run_key, created_ns, T0, T0 + 7 * 24 * HOUR, "1m",
-        {"strategies": list(grids), "grids": grids, "fees": 0.001},
+        {"strategies": list(grids), "grids": grids, "fees": 0.001, "slippage": 0.1 + 0.2},
     )  # fmt: skip
     return run, metrics, trades
 
@@ -328,46 +348,71 @@ def test_backtest_round_trip_and_replace(backend: Backend) -> None:
     store = backend.store
     run, metrics, trades = backtest_results()
     # What market/ returns, so the test covers the awkward dtypes.
-    assert metrics["avg_trade_duration"].dtype.kind == "m" and metrics["fast"].isna().any()
+    assert metrics["avg_trade_duration"].dtype.kind == "m"
     assert metrics["n_trades"].dtype == np.int64 and len(trades) > 3
     assert str(trades["entry_time"].dtype) == "datetime64[ns, UTC]"
     metrics.loc[0, "profit_factor"] = np.inf
+    metrics.loc[1, "sharpe"] = np.nan
+    metrics.loc[1, "avg_trade_duration"] = pd.NaT
     store.write_backtest(run, metrics, trades)
     older, m2, t2 = backtest_results("2026-11-20T00:10", created_ns=0)
     store.write_backtest(older, m2.iloc[:2], t2.iloc[:0])
 
     assert store.backtest_runs() == [run, older]
-    pd.testing.assert_frame_equal(store.backtest_metrics(run.run_key), metrics)
+    got = store.backtest_metrics(run.run_key)
+    pd.testing.assert_frame_equal(got, metrics)
     pd.testing.assert_frame_equal(store.backtest_trades(run.run_key), trades)
     pd.testing.assert_frame_equal(store.backtest_metrics(older.run_key), m2.iloc[:2])
-    pd.testing.assert_frame_equal(store.backtest_trades(older.run_key), t2.iloc[:0])
+    assert store.backtest_trades(older.run_key).empty
+
+    # Parameter values come back exactly, as their own type: never re-read from a label.
+    stored = got.at[0, "param_values"]
+    assert stored == EXACT and stored["fast"] == 0.30000000000000004
+    assert stored["tiny"] == 1e-12 and stored["slow"] == 123456.789012345
+    assert type(stored["big"]) is int and stored["big"] == 9007199254740993
+    assert got.at[1, "param_values"] == {"fast": 5, "slow": 50}
+    assert type(got.at[1, "param_values"]["fast"]) is int
+    assert store.backtest_runs()[0].config["slippage"] == 0.30000000000000004
+
+    # One row per run, metrics in real columns (no cells to count).
+    sharpe = backend.query(
+        f"select row_no, sharpe, n_trades from backtest_metrics where run_key = '{run.run_key}' "
+        "order by row_no"
+    )
+    assert len(sharpe) == len(metrics)
+    assert sharpe[2][1] == metrics.loc[2, "sharpe"] and sharpe[2][2] == metrics.loc[2, "n_trades"]
 
     # Same key again with a smaller result: replaced, no stale rows, the other run untouched.
     again = BacktestRun(run.run_key, 5, run.start_ns, run.end_ns, "5m", {"fees": 0.0})
-    small = (
-        metrics[metrics["strategy"] == "rsi_mean_reversion"].dropna(axis=1).reset_index(drop=True)
-    )
+    small = metrics[metrics["strategy"] == "rsi_mean_reversion"].reset_index(drop=True)
     store.write_backtest(again, small, trades.iloc[:2])
     assert store.backtest_runs() == [again, older]
     pd.testing.assert_frame_equal(store.backtest_metrics(run.run_key), small)
     pd.testing.assert_frame_equal(store.backtest_trades(run.run_key), trades.iloc[:2])
-    n_cells = backend.query(
-        f"select count(*) from backtest_metrics where run_key = '{run.run_key}'"
-    )[0][0]
-    assert n_cells == small.shape[0] * (small.shape[1] - 3)
+    rows = backend.query(f"select count(*) from backtest_metrics where run_key = '{run.run_key}'")
+    assert rows[0][0] == len(small)
     pd.testing.assert_frame_equal(store.backtest_metrics(older.run_key), m2.iloc[:2])
 
     with pytest.raises(ValueError, match="JSON"):
         store.write_backtest(BacktestRun("x", 9, 0, 1, "1m", {"bad": object()}), small, trades)
     with pytest.raises(ValueError, match="lacks columns"):
         store.write_backtest(run, small.drop(columns="params"), trades)
+    with pytest.raises(ValueError, match="no place"):
+        store.write_backtest(run, small.assign(fast=1.0), trades)
+    with pytest.raises(ValueError, match="finite number"):
+        bad = small.copy()
+        bad.at[0, "param_values"] = {"fast": float("nan")}
+        store.write_backtest(run, bad, trades)
     assert [r.run_key for r in store.backtest_runs()] == [run.run_key, older.run_key]
+    with pytest.raises(KeyError, match="no backtest run"):
+        store.backtest_trades("missing")
 
 
 def test_comparison_round_trip_and_latest(backend: Backend) -> None:
     store = backend.store
     result = compare_strategies(wide_candles(), list(GRIDS), GRIDS)
     ranked = result.best
+    assert list(ranked.columns) == list(COMPARISON_FRAME_COLUMNS)
     assert ranked["avg_trade_duration"].dtype.kind == "m" and ranked["rank"].dtype == np.int64
     store.write_comparison("2026-11-20T00:10", ranked.iloc[:2])
     store.write_comparison("2026-11-21T00:10", ranked)
@@ -380,7 +425,7 @@ def test_comparison_round_trip_and_latest(backend: Backend) -> None:
     assert key == "2026-11-20T00:10"
     pd.testing.assert_frame_equal(got, ranked.iloc[:1])
     rows = backend.query("select count(*) from comparison_rows")[0][0]
-    assert rows == (len(ranked) + 1) * (ranked.shape[1] - 3)
+    assert rows == len(ranked) + 1
 
 
 # -- migration -----------------------------------------------------------------------------
