@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -455,30 +455,3 @@ def validate_indicators(
     for j, name in enumerate(names):
         matrix[:, j] = _float_column(values, name, what)
     return symbol, ts, names, matrix
-
-
-def sort_by_symbol(names: np.ndarray, *keys: np.ndarray) -> np.ndarray:
-    """Permutation ordering rows by (symbol name, *keys); `names` is an object array of str."""
-    codes = np.unique(names, return_inverse=True)[1] if len(names) else np.empty(0, np.int64)
-    return np.lexsort((*reversed(keys), codes))
-
-
-def indicators_wide(
-    symbol: np.ndarray, ts: np.ndarray, name: np.ndarray, value: np.ndarray
-) -> pd.DataFrame:
-    """Long indicator cells (any order) -> symbol, ts, one column per name (sorted)."""
-    if not len(ts):
-        return pd.DataFrame(
-            {"symbol": np.empty(0, object), "ts": np.empty(0, np.int64)}, columns=["symbol", "ts"]
-        )
-    names, name_col = np.unique(name, return_inverse=True)
-    sym_codes = np.unique(symbol, return_inverse=True)[1]
-    order = np.lexsort((name_col, ts, sym_codes))
-    sym_codes, ts, name_col, value = sym_codes[order], ts[order], name_col[order], value[order]
-    new_row = np.r_[True, (sym_codes[1:] != sym_codes[:-1]) | (ts[1:] != ts[:-1])]
-    row = np.cumsum(new_row) - 1
-    matrix = np.full((int(row[-1]) + 1, len(names)), np.nan)
-    matrix[row, name_col] = value
-    data: dict[str, Any] = {"symbol": symbol[order][new_row], "ts": ts[new_row]}
-    data.update({str(n): matrix[:, j] for j, n in enumerate(names)})
-    return pd.DataFrame(data)

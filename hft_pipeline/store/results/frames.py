@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hft_pipeline.store.results.bulk import dense_lookup
 from hft_pipeline.store.results.tables import METRIC_TYPES, METRICS
 
 KEY_COLUMNS = ("strategy", "symbol", "params")
@@ -154,6 +155,31 @@ def comparison_rows(run_key: str, ranked: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 # -- rows -> frames ----------------------------------------------------------------------------
+
+
+def indicators_wide(
+    rows: np.ndarray, symbols_by_id: Mapping[int, str], names_by_id: Mapping[int, str]
+) -> pd.DataFrame:
+    """Long indicator rows (symbol_id, ts, name_id, value; any order) -> symbol, ts, one float64
+    column per name (sorted by name), rows sorted by (symbol, ts)."""
+    if not len(rows):
+        return pd.DataFrame(
+            {"symbol": np.empty(0, object), "ts": np.empty(0, np.int64)}, columns=["symbol", "ts"]
+        )
+    symbol, sym_rank = dense_lookup(symbols_by_id, rows["symbol_id"])
+    name, name_rank = dense_lookup(names_by_id, rows["name_id"])
+    present, name_col = np.unique(name_rank, return_inverse=True)
+    ts = rows["ts"]
+    order = np.lexsort((name_col, ts, sym_rank))
+    sym_rank, ts, name_col = sym_rank[order], ts[order], name_col[order]
+    new_row = np.r_[True, (sym_rank[1:] != sym_rank[:-1]) | (ts[1:] != ts[:-1])]
+    row = np.cumsum(new_row) - 1
+    matrix = np.full((int(row[-1]) + 1, len(present)), np.nan)
+    matrix[row, name_col] = rows["value"][order]
+    labels = name[order][np.unique(name_col, return_index=True)[1]]
+    data: dict[str, Any] = {"symbol": symbol[order][new_row], "ts": ts[new_row]}
+    data.update({str(n): matrix[:, j] for j, n in enumerate(labels)})
+    return pd.DataFrame(data)
 
 
 def _float_array(values: Sequence[Any]) -> np.ndarray:

@@ -23,13 +23,12 @@ from hft_pipeline.store.base import (
     STORED_CANDLE_COLUMNS,
     BacktestRun,
     config_json,
-    indicators_wide,
-    sort_by_symbol,
     validate_candles,
     validate_indicators,
 )
 from hft_pipeline.store.results import frames
 from hft_pipeline.store.results import tables as t
+from hft_pipeline.store.results.bulk import dense_lookup, fetch_array, insert_columns
 from hft_pipeline.store.results.engine import unavailable_as_store_error
 
 
@@ -102,8 +101,13 @@ class ResultsRepository:
         if end_ns is not None:
             conds.append(table.c.ts_ns < int(end_ns))
         if symbols is not None:
-            conds.append(t.symbols.c.name.in_(list(symbols)))
+            wanted = sa.select(t.symbols.c.id).where(t.symbols.c.name.in_(list(symbols)))
+            conds.append(table.c.symbol_id.in_(wanted))
         return conds
+
+    @staticmethod
+    def _labels(conn: sa.Connection, table: sa.Table) -> dict[int, str]:
+        return dict(conn.execute(sa.select(table.c.id, table.c.name)).tuples().all())
 
     # -- candles --------------------------------------------------------------------------
 
@@ -113,26 +117,22 @@ class ResultsRepository:
         """Replace the candles of `timeframes` in [start_ns, end_ns) by `candles`, atomically."""
         rows = validate_candles(candles, start_ns, end_ns, timeframes)
         ids = self._symbol_ids(rows.symbol, "replace_candles")
-        # Primary-key order (timeframe, ts, symbol): inserts append to the b-tree.
-        tf_codes = np.unique(rows.timeframe, return_inverse=True)[1] if len(rows) else ids
-        order = np.lexsort((ids, rows.ts, tf_codes))
-        values = {
-            "timeframe": rows.timeframe[order].tolist(),
-            "symbol_id": ids[order].tolist(),
-            "ts_ns": rows.ts[order].tolist(),
-            **{c: getattr(rows, c)[order].tolist() for c in CANDLE_COLUMNS[1:]},
-        }
-        records = [dict(zip(values, r, strict=True)) for r in zip(*values.values(), strict=True)]
+        tfs = sorted(set(timeframes))
         with self._write("replace_candles") as conn:
             conn.execute(
                 sa.delete(t.candles).where(
-                    t.candles.c.timeframe.in_(sorted(set(timeframes))),
+                    t.candles.c.timeframe.in_(tfs),
                     t.candles.c.ts_ns >= int(start_ns),
                     t.candles.c.ts_ns < int(end_ns),
                 )
             )
-            if records:
-                conn.execute(sa.insert(t.candles), records)
+            for tf in tfs:
+                # In primary-key order (ts, symbol) within the timeframe: appends to the b-tree.
+                m = np.flatnonzero(rows.timeframe == tf)
+                m = m[np.lexsort((ids[m], rows.ts[m]))]
+                numbers = {"symbol_id": ids[m], "ts_ns": rows.ts[m]}
+                numbers.update({c: getattr(rows, c)[m] for c in CANDLE_COLUMNS[1:]})
+                insert_columns(conn, t.candles, {"timeframe": tf}, numbers)
         return len(rows)
 
     def stored_candles(
@@ -145,22 +145,16 @@ class ResultsRepository:
         """Candles written by `replace_candles`: STORED_CANDLE_COLUMNS sorted by (symbol, ts)."""
         timeframe_ns(timeframe)
         c = t.candles.c
-        query = (
-            sa.select(t.symbols.c.name, c.ts_ns, c.open, c.high, c.low, c.close, c.volume, c.ticks)
-            .join_from(t.candles, t.symbols, c.symbol_id == t.symbols.c.id)
-            .where(*self._range(t.candles, timeframe, start_ns, end_ns, symbols))
-        )
+        query = sa.select(
+            c.symbol_id, c.ts_ns, c.open, c.high, c.low, c.close, c.volume, c.ticks
+        ).where(*self._range(t.candles, timeframe, start_ns, end_ns, symbols))
         with self._read("stored_candles") as conn:
-            rows = conn.execute(query).all()
-        cols = list(zip(*rows, strict=True)) if rows else [()] * 8
-        symbol = np.array(cols[0], dtype=object)
-        data: dict[str, Any] = {"symbol": symbol, "ts": np.array(cols[1], dtype=np.int64)}
-        for j, name in enumerate(STORED_CANDLE_COLUMNS[2:-1], start=2):
-            data[name] = np.array(cols[j], dtype=np.float64)
-        data["ticks"] = np.array(cols[7], dtype=np.int64)
-        frame = pd.DataFrame(data, columns=list(STORED_CANDLE_COLUMNS))
-        order = sort_by_symbol(symbol, data["ts"])
-        return frame.iloc[order].reset_index(drop=True)
+            rows = fetch_array(conn, query, _STORED_CANDLE_DTYPE)
+            labels = self._labels(conn, t.symbols)
+        symbol, rank = dense_lookup(labels, rows["symbol_id"])
+        order = np.lexsort((rows["ts"], rank))
+        data = {"symbol": symbol[order], **{k: rows[k][order] for k in STORED_CANDLE_COLUMNS[1:]}}
+        return pd.DataFrame(data, columns=list(STORED_CANDLE_COLUMNS))
 
     # -- indicators -----------------------------------------------------------------------
 
@@ -178,14 +172,12 @@ class ResultsRepository:
         order = np.lexsort((ids, ts))  # primary-key order (ts, symbol, name)
         ids, ts, matrix = ids[order], ts[order], matrix[order]
         n, m = matrix.shape
-        name_col = np.tile(np.array([name_ids[x] for x in names], np.int64), n).tolist()
-        records = [
-            {"timeframe": timeframe, "symbol_id": s, "ts_ns": x, "name_id": k, "value": v}
-            for s, x, k, v in zip(
-                np.repeat(ids, m).tolist(), np.repeat(ts, m).tolist(), name_col,
-                matrix.ravel().tolist(), strict=True,
-            )
-        ]  # fmt: skip
+        numbers = {
+            "symbol_id": np.repeat(ids, m),
+            "ts_ns": np.repeat(ts, m),
+            "name_id": np.tile(np.array([name_ids[x] for x in names], np.int64), n),
+            "value": matrix.ravel(),
+        }
         with self._write("replace_indicators") as conn:
             conn.execute(
                 sa.delete(t.indicators).where(
@@ -194,8 +186,7 @@ class ResultsRepository:
                     t.indicators.c.ts_ns < int(end_ns),
                 )
             )
-            if records:
-                conn.execute(sa.insert(t.indicators), records)
+            insert_columns(conn, t.indicators, {"timeframe": timeframe}, numbers)
         return n * m
 
     def stored_indicators(
@@ -208,21 +199,14 @@ class ResultsRepository:
         """Wide: symbol, ts, one float64 column per stored name (sorted); sorted by (symbol, ts)."""
         timeframe_ns(timeframe)
         c = t.indicators.c
-        query = (
-            sa.select(t.symbols.c.name, c.ts_ns, t.indicator_names.c.name, c.value)
-            .join_from(t.indicators, t.symbols, c.symbol_id == t.symbols.c.id)
-            .join(t.indicator_names, c.name_id == t.indicator_names.c.id)
-            .where(*self._range(t.indicators, timeframe, start_ns, end_ns, symbols))
+        query = sa.select(c.symbol_id, c.ts_ns, c.name_id, c.value).where(
+            *self._range(t.indicators, timeframe, start_ns, end_ns, symbols)
         )
         with self._read("stored_indicators") as conn:
-            rows = conn.execute(query).all()
-        cols = list(zip(*rows, strict=True)) if rows else [()] * 4
-        return indicators_wide(
-            np.array(cols[0], dtype=object),
-            np.array(cols[1], dtype=np.int64),
-            np.array(cols[2], dtype=object),
-            frames._float_array(cols[3]),
-        )
+            rows = fetch_array(conn, query, _INDICATOR_DTYPE)
+            symbols_by_id = self._labels(conn, t.symbols)
+            names_by_id = self._labels(conn, t.indicator_names)
+        return frames.indicators_wide(rows, symbols_by_id, names_by_id)
 
     # -- backtests ------------------------------------------------------------------------
 
@@ -298,3 +282,9 @@ class ResultsRepository:
             query = sa.select(rows_t).where(rows_t.c.run_key == key).order_by(rows_t.c.row_no)
             rows = list(conn.execute(query).mappings())
         return key, frames.comparison_frame(rows)
+
+
+_STORED_CANDLE_DTYPE = np.dtype(
+    [("symbol_id", "i8"), ("ts", "i8"), *((c, "f8") for c in CANDLE_COLUMNS[1:-1]), ("ticks", "i8")]
+)
+_INDICATOR_DTYPE = np.dtype([("symbol_id", "i8"), ("ts", "i8"), ("name_id", "i8"), ("value", "f8")])
