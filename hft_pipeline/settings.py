@@ -121,22 +121,28 @@ class Settings(BaseSettings):
         "Bearer token mutating endpoints require; empty: no token.",
     )
     api_store_queries: int = _var(
-        "api", "HFT_API_STORE_QUERIES", 2, "Store queries the API runs at once."
+        "api", "HFT_API_STORE_QUERIES", 2, "Store queries the API runs at once.", ge=1
     )
     api_store_queue: int = _var(
-        "api", "HFT_API_STORE_QUEUE", 32, "Store queries that may wait for a slot (more: 429)."
+        "api",
+        "HFT_API_STORE_QUEUE",
+        32,
+        "Store queries that may wait for a slot (more: 429).",
+        ge=0,
     )
     api_store_wait_ms: int = _var(
         "api",
         "HFT_API_STORE_WAIT_MS",
         1000,
         "How long a store query waits for a slot before 429, in ms.",
+        ge=0,
     )
     api_store_timeout_s: float = _var(
         "api",
         "HFT_API_STORE_TIMEOUT_S",
         5.0,
         "A store query running longer is cancelled (503), in seconds.",
+        gt=0,
     )
     # Ring buffers and live candles.
     buffer_capacity: int = _var(

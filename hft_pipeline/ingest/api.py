@@ -886,8 +886,8 @@ def create_app(service: IngestService) -> FastAPI:
 
     @app.get("/status")
     async def status() -> dict[str, Any]:
-        """Counts, gaps, persistence lag and backlog, log and buffer sizes."""
-        return service.status()
+        """Counts, gaps, persistence lag and backlog, log and buffer sizes, store-query admission."""
+        return {**service.status(), "api": {"store_queries": queries.gate.status()}}
 
     @app.get(
         "/health",
