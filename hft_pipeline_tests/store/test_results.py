@@ -16,7 +16,7 @@ from hft_pipeline.market.backtest import BacktestConfig, simulate, trade_list
 from hft_pipeline.market.comparison import compare_strategies, sweep
 from hft_pipeline.market.frames import to_wide
 from hft_pipeline.market.strategies import get_strategy
-from hft_pipeline.store import BacktestRun
+from hft_pipeline.store import BacktestRun, StoreUnavailableError
 from hft_pipeline.store.migrations import load_migrations
 from hft_pipeline.store.results.frames import (
     COMPARISON_FRAME_COLUMNS,
@@ -100,6 +100,14 @@ def test_empty_store_reads(backend: Backend) -> None:
     assert store.latest_comparison() is None
     with pytest.raises(KeyError, match="no backtest run"):
         store.backtest_metrics("missing")
+
+
+def test_a_closed_store_refuses_results_calls(backend: Backend) -> None:
+    backend.store.close()
+    with pytest.raises(StoreUnavailableError, match="closed"):
+        backend.store.stored_candles("1m")
+    with pytest.raises(StoreUnavailableError, match="closed"):
+        backend.store.backtest_runs()
 
 
 # -- candles -------------------------------------------------------------------------------

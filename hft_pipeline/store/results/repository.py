@@ -22,6 +22,7 @@ from hft_pipeline.store.base import (
     CANDLE_COLUMNS,
     STORED_CANDLE_COLUMNS,
     BacktestRun,
+    StoreUnavailableError,
     config_json,
     validate_candles,
     validate_indicators,
@@ -39,25 +40,32 @@ class ResultsRepository:
         self.engine = engine
         self._lock = threading.Lock()
         self._ids: dict[tuple[str, str], int] = {}  # (table, name) -> id; ids never change
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"ResultsRepository({self.engine.url!r})"
 
     def close(self) -> None:
-        """Close the pooled connections."""
+        """Close the pooled connections; later calls raise StoreUnavailableError."""
+        self._closed = True
         self.engine.dispose()
+
+    def _connect(self, action: str) -> sa.Connection:
+        if self._closed:
+            raise StoreUnavailableError(f"{self!r} is closed ({action})")
+        return self.engine.connect()
 
     # -- plumbing -------------------------------------------------------------------------
 
     @contextmanager
     def _read(self, action: str) -> Iterator[sa.Connection]:
-        with unavailable_as_store_error(self.engine, action), self.engine.connect() as conn:
+        with unavailable_as_store_error(self.engine, action), self._connect(action) as conn:
             yield conn
 
     @contextmanager
     def _write(self, action: str) -> Iterator[sa.Connection]:
         """One transaction; rolled back on any exception, so the previous rows stay."""
-        with unavailable_as_store_error(self.engine, action), self.engine.connect() as conn:
+        with unavailable_as_store_error(self.engine, action), self._connect(action) as conn:
             conn.execution_options(write=True)
             with conn.begin():
                 yield conn
