@@ -153,6 +153,13 @@ class LiveCandles:
         s = self._index.get(symbol)
         return (None if s is None else s * self._ntf + j), int(self._tf[j])
 
+    def forming_start(self, symbol: str, timeframe: str) -> int | None:
+        """Start of `symbol`'s newest (forming) bucket of `timeframe`, or None before a tick."""
+        row, _ = self._row(symbol, timeframe)
+        if row is None or self._latest[row] == _NONE:
+            return None
+        return int(self._latest[row])
+
     def complete_from(self, symbol: str, timeframe: str) -> int | None:
         """Earliest bucket start from which memory holds every accepted tick of `symbol`, or None."""
         row, tf = self._row(symbol, timeframe)
