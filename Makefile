@@ -20,8 +20,9 @@ run: $(STAMP)
 
 # One numba cache for the whole suite: each `hft ingest` a test starts has a home of its own and
 # would otherwise compile the live-candle kernel again (1-2 s) in every one of them.
-# The import-layer contracts run inside the suite (hft_pipeline_tests/test_layers.py).
-test: $(STAMP)
+# `make lint` runs first (ruff; the import-layer contracts also run inside the suite,
+# hft_pipeline_tests/test_layers.py), so CI, which runs `make test`, checks both.
+test: $(STAMP) lint
 	NUMBA_CACHE_DIR="$${NUMBA_CACHE_DIR:-$(CURDIR)/.hft/numba-cache}" $(VENV)/bin/pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
