@@ -21,15 +21,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from hft_pipeline.ingest.feeds.replay import (
+from hft_pipeline.ingest.server import lock_home
+from hft_pipeline.ingest.service import IngestService
+from hft_pipeline.ingest.tickfile import (
     DEFAULT_CHUNK_ROWS,
     ROW_REJECT_REASONS,
     TickFileReader,
     count_rows,
     derive_seqs,
 )
-from hft_pipeline.ingest.server import lock_home
-from hft_pipeline.ingest.service import IngestService
 from hft_pipeline.market.ticks import SymbolIndex, TickBatch
 from hft_pipeline.settings import Settings
 from hft_pipeline.store.base import StoreUnavailableError, TickStore

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from hft_pipeline.ingest import importer
-from hft_pipeline.ingest.feeds import TickFileError
 from hft_pipeline.ingest.importer import ImportResult, import_file
 from hft_pipeline.ingest.service import IngestService
+from hft_pipeline.ingest.tickfile import TickFileError
 from hft_pipeline.settings import Settings
 from hft_pipeline.store import open_store
 

@@ -15,13 +15,16 @@ from hft_pipeline.ingest.feeds import (
     Feed,
     ReplayFeed,
     ResumePoint,
-    TickFileError,
-    count_rows,
     generate,
     make_feed,
+)
+from hft_pipeline.ingest.tickfile import (
+    TickFileError,
+    TickFileReader,
+    count_rows,
+    derive_seqs,
     read_tick_file,
 )
-from hft_pipeline.ingest.feeds.replay import TickFileReader, derive_seqs
 from hft_pipeline.market.ticks import TickBatch, concat_batches
 from hft_pipeline.settings import Settings
 

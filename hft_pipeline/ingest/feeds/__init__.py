@@ -6,13 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from hft_pipeline.ingest.feeds.base import Feed, ResumePoint
-from hft_pipeline.ingest.feeds.replay import (
-    ReplayFeed,
-    TickFileError,
-    count_rows,
-    file_columns,
-    read_tick_file,
-)
+from hft_pipeline.ingest.feeds.replay import ReplayFeed
 from hft_pipeline.ingest.feeds.simulator import (
     DEFAULT_SYMBOLS,
     Instrument,
@@ -58,12 +52,8 @@ __all__ = [
     "ReplayFeed",
     "ResumePoint",
     "SimulatorFeed",
-    "TickFileError",
-    "count_rows",
-    "file_columns",
     "generate",
     "instrument_for",
     "interval_ns",
     "make_feed",
-    "read_tick_file",
 ]
