@@ -3,29 +3,40 @@
 A batch counts as received once it is appended here; the persister drains it by global byte
 offset and retention deletes segments that are wholly persisted. On open every segment is checked
 record by record: a torn tail is truncated, damage elsewhere is skipped and reported, never cut
-(docs/ticklog.md).
+(docs/ticklog.md). The record format is `ticklog_format.py`, the open-time check
+`ticklog_recovery.py`.
 """
 
 from __future__ import annotations
 
 import bisect
 import fcntl
-import functools
 import json
 import logging
-import mmap
 import os
 import re
-import struct
 import threading
-import zlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-import numpy as np
-
+from hft_pipeline.ingest.ticklog_format import (
+    BYTES_PER_TICK,
+    HEADER_SIZE,
+    CorruptLogError,
+    OffsetError,
+    TickLogError,
+    check_header,
+    decode_record,
+    encode_record,
+)
+from hft_pipeline.ingest.ticklog_recovery import (
+    DamagedSpan,
+    TornTail,
+    check_segment,
+    report_recovery,
+    segment_path,
+)
 from hft_pipeline.market.ticks import TickBatch, concat_batches
 
 if TYPE_CHECKING:
@@ -48,22 +59,6 @@ log = logging.getLogger(__name__)
 
 FSYNC_POLICIES = ("always", "interval", "off")
 
-# Record = 16-byte header + payload.
-# header: magic "HTLG", version u8, flags u8 (0), reserved u16 (0), payload length u32, crc32 u32
-# payload: tick count u32, symbol count u16, 2 pad bytes, then per symbol u8 length + utf-8 name,
-# zero padding to 8 bytes, then the columns ts, seq, price, volume, bid, ask (8 bytes each per
-# tick) and sym (int32), zero padding to 8 bytes. Records are 8-byte multiples, so every column
-# of a record read into a buffer at a record boundary is naturally aligned for np.frombuffer.
-MAGIC = b"HTLG"
-VERSION = 1
-_HEADER = struct.Struct("<4sBBHII")
-HEADER_SIZE = _HEADER.size
-_PAYLOAD_HEAD = struct.Struct("<IH2x")
-_WIDE_COLUMNS = ("ts", "seq", "price", "volume", "bid", "ask")
-_WIDE_DTYPES = (np.int64, np.int64, np.float64, np.float64, np.float64, np.float64)
-_BYTES_PER_TICK = 8 * len(_WIDE_COLUMNS) + 4
-# A payload length above this cannot have been written by us (u32 framing); it marks garbage.
-_MAX_PAYLOAD = 0xFFFFFFFF
 
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.log$")
 LOCK_NAME = ".lock"
@@ -74,282 +69,10 @@ _READ_CHUNK_MIN = 1 << 16
 _READ_CHUNK_MAX = 1 << 24
 
 
-class TickLogError(Exception):
-    """Base class for tick log failures."""
-
-
-class OffsetError(TickLogError, ValueError):
-    """An offset that is not a retained record boundary of the log."""
-
-
-class CorruptLogError(TickLogError):
-    """A record that recovery did not know as damaged fails its framing or CRC check on read
-    (it went bad while the log was open); reopening the log skips and reports it."""
-
-
-@dataclass(frozen=True, slots=True)
-class TornTail:
-    """The final record of the last segment, cut short or failing its check, truncated on open."""
-
-    segment: str  # file name of the last segment
-    offset: int  # global offset where the torn record started (the log's end after the cut)
-    bytes: int
-    records: int = 1
-    ticks: int | None = None  # declared by the record's payload head, None if unreadable
-
-
-@dataclass(frozen=True, slots=True)
-class DamagedSpan:
-    """Bytes of a segment in which no valid record starts, found on open and skipped by reads.
-
-    kind "corrupt": records failing their framing or CRC check; "shifted": the same, but intact
-    records sit at unaligned positions inside (bytes were inserted or deleted; they stay on disk,
-    unread); "missing": the segment file ends before the next segment's base (bytes never reached
-    the disk); "overlap": the file holds bytes past the next segment's base, which no offset can
-    address (offset == end, `bytes` counts them).
-    """
-
-    segment: str  # file name of the segment holding the span
-    offset: int  # global start
-    end: int  # global end, exclusive; the next valid record (or the segment's end) starts here
-    bytes: int
-    records: int  # best effort: record headers that still parse inside the span, at least 1
-    ticks: int | None  # ticks the damaged records declared, None unless they tile the span
-    kind: str = "corrupt"
-
-    @property
-    def key(self) -> tuple[str, int, int, int]:
-        """What identifies the span across restarts (acknowledgements are stored by it)."""
-        return (self.segment, self.offset, self.end, self.bytes)
-
-
-def _pad8(n: int) -> int:
-    return (n + 7) & ~7
-
-
 def _datasync(fd: int) -> None:
     """Flush a file's data (and the size needed to read it) to stable storage."""
     # fdatasync skips the mtime update that fsync forces; both persist the file size.
     (getattr(os, "fdatasync", None) or os.fsync)(fd)
-
-
-def _segment_path(directory: Path, base: int) -> Path:
-    return directory / f"{base:020d}.log"
-
-
-@functools.lru_cache(maxsize=64)
-def _symbol_table(symbols: tuple[str, ...]) -> bytes:
-    """The length-prefixed UTF-8 names of a batch's symbol table (cached: feeds reuse tables)."""
-    names = [s.encode("utf-8") for s in symbols]
-    if len(names) > 0xFFFF:
-        raise TickLogError(f"a batch may carry at most 65535 symbols, got {len(names)}")
-    for raw in names:
-        if len(raw) > 0xFF:
-            raise TickLogError(f"symbol {raw[:40]!r}... is longer than 255 bytes")
-    return b"".join(bytes([len(raw)]) + raw for raw in names)
-
-
-def encode_record(batch: TickBatch) -> bytearray:
-    """One framed record (header + payload) holding every tick and the symbol table of `batch`."""
-    n = len(batch)
-    table = _symbol_table(batch.symbols)
-    n_names = len(batch.symbols)
-    columns = [np.asarray(getattr(batch, c)) for c in (*_WIDE_COLUMNS, "sym")]
-    for name, col in zip((*_WIDE_COLUMNS, "sym"), columns, strict=True):
-        if col.shape != (n,):
-            raise TickLogError(f"column {name} has shape {col.shape}, expected ({n},)")
-    if n:
-        sym = columns[-1]
-        # A sym id outside the table would make the record undecodable on replay: refuse it now.
-        lo, hi = int(sym.min()), int(sym.max())
-        if lo < 0 or hi >= n_names:
-            raise TickLogError(f"sym ids span {lo}..{hi} but the batch has {n_names} symbols")
-    table_len = _pad8(_PAYLOAD_HEAD.size + len(table))
-    payload_len = _pad8(table_len + n * _BYTES_PER_TICK)
-    if payload_len > _MAX_PAYLOAD:
-        raise TickLogError(f"batch of {n} ticks is too large for one record; split it")
-    buf = bytearray(HEADER_SIZE + payload_len)
-    _PAYLOAD_HEAD.pack_into(buf, HEADER_SIZE, n, n_names)
-    pos = HEADER_SIZE + _PAYLOAD_HEAD.size
-    buf[pos : pos + len(table)] = table
-    pos = HEADER_SIZE + table_len
-    for col, dtype in zip(columns[:-1], _WIDE_DTYPES, strict=True):
-        np.frombuffer(buf, dtype=dtype, count=n, offset=pos)[:] = col
-        pos += 8 * n
-    np.frombuffer(buf, dtype=np.int32, count=n, offset=pos)[:] = columns[-1]
-    crc = zlib.crc32(memoryview(buf)[HEADER_SIZE:])
-    _HEADER.pack_into(buf, 0, MAGIC, VERSION, 0, 0, payload_len, crc)
-    return buf
-
-
-def _check_header(buf: bytes | bytearray | memoryview, pos: int) -> int:
-    """The payload length of the record header at `pos`, or -1 if it is not a valid header."""
-    magic, version, flags, reserved, length, _crc = _HEADER.unpack_from(buf, pos)
-    # Every header byte is checked (the CRC covers only the payload), so any flipped byte of a
-    # record is caught either here or by the CRC.
-    if (
-        magic != MAGIC
-        or version != VERSION
-        or flags
-        or reserved
-        or length < _PAYLOAD_HEAD.size
-        or length % 8
-    ):
-        return -1
-    return length
-
-
-def decode_record(buf: bytearray | bytes | memoryview, pos: int = 0) -> tuple[TickBatch, int]:
-    """Decode the whole record at `pos` of `buf` (columns are views into `buf`); returns it and
-    its size. Raises CorruptLogError if the framing or CRC is wrong or the record is cut short."""
-    if len(buf) - pos < HEADER_SIZE:
-        raise CorruptLogError(f"record at {pos} is cut short: {len(buf) - pos} bytes")
-    length = _check_header(buf, pos)
-    if length < 0:
-        raise CorruptLogError(f"no valid record header at {pos}")
-    start = pos + HEADER_SIZE
-    if len(buf) - start < length:
-        raise CorruptLogError(f"record at {pos} is cut short: payload {length} bytes")
-    crc = _HEADER.unpack_from(buf, pos)[5]
-    view = memoryview(buf)[start : start + length]
-    if zlib.crc32(view) != crc:
-        raise CorruptLogError(f"record at {pos} fails its CRC check")
-    n, nsym = _PAYLOAD_HEAD.unpack_from(view, 0)
-    p = _PAYLOAD_HEAD.size
-    symbols = []
-    for _ in range(nsym):
-        k = view[p]
-        symbols.append(bytes(view[p + 1 : p + 1 + k]).decode("utf-8"))
-        p += 1 + k
-    p = _pad8(p)
-    if p + n * _BYTES_PER_TICK > length:
-        raise CorruptLogError(f"record at {pos} declares {n} ticks but holds fewer")
-    cols = []
-    for dtype in _WIDE_DTYPES:
-        cols.append(np.frombuffer(buf, dtype=dtype, count=n, offset=start + p))
-        p += 8 * n
-    sym = np.frombuffer(buf, dtype=np.int32, count=n, offset=start + p)
-    batch = TickBatch(tuple(symbols), sym, *cols)
-    return batch, HEADER_SIZE + length
-
-
-def _valid_at(view: memoryview, pos: int, limit: int) -> int:
-    """Size of the whole, CRC-valid record at `pos` that ends by `limit`, else 0."""
-    if limit - pos < HEADER_SIZE:
-        return 0
-    length = _check_header(view, pos)
-    if length < 0 or limit - pos - HEADER_SIZE < length:
-        return 0
-    start = pos + HEADER_SIZE
-    if zlib.crc32(view[start : start + length]) != _HEADER.unpack_from(view, pos)[5]:
-        return 0
-    return HEADER_SIZE + length
-
-
-def _magic_positions(data: mmap.mmap, start: int, stop: int) -> Iterator[int]:
-    """Every position in [start, stop) where the frame magic begins (found by mmap.find, in C)."""
-    at = start
-    while (q := data.find(MAGIC, at, stop)) >= 0:
-        yield q
-        at = q + 1
-
-
-def _resync(data: mmap.mmap, view: memoryview, pos: int, limit: int) -> int:
-    """The first 8-aligned position after `pos` where a valid record starts, or -1 if none.
-
-    Records are written at 8-aligned positions of their segment, so only those are candidates;
-    a candidate must pass the header check and its payload CRC."""
-    for q in _magic_positions(data, pos + 1, limit):
-        if q % 8 == 0 and _valid_at(view, q, limit):
-            return q
-    return -1
-
-
-def _scan(data: mmap.mmap, view: memoryview, limit: int) -> tuple[list[tuple[int, int]], int]:
-    """Walk the first `limit` bytes of a segment record by record: the bad regions [(start,
-    stop)] after each of which a valid record resumes, and where the trailing region with no
-    valid record in it starts (`limit` when the segment ends with a valid record)."""
-    bad: list[tuple[int, int]] = []
-    pos = 0
-    unpack, crc32, head = _HEADER.unpack_from, zlib.crc32, _PAYLOAD_HEAD.size
-    while pos < limit:
-        # _valid_at inlined: this loop runs once per record of the whole log on every open.
-        if limit - pos >= HEADER_SIZE:
-            magic, version, flags, reserved, length, crc = unpack(view, pos)
-            start = pos + HEADER_SIZE
-            end = start + length
-            if (
-                magic == MAGIC
-                and version == VERSION
-                and not (flags or reserved or length % 8)
-                and head <= length
-                and end <= limit
-                and crc32(view[start:end]) == crc
-            ):
-                pos = end
-                continue
-        resume = _resync(data, view, pos, limit)
-        if resume < 0:
-            return bad, pos
-        bad.append((pos, resume))
-        pos = resume
-    return bad, limit
-
-
-def _record_head(view: memoryview, pos: int, avail: int) -> tuple[int, int] | None:
-    """(ticks, record size) declared by the payload head of the record at `pos`, if the head
-    lies within `avail` and is self-consistent: a tick count and symbol table whose framed size
-    equals the header's length (or, when the header itself is damaged, any size). None if not."""
-    head = pos + HEADER_SIZE
-    if avail - head < _PAYLOAD_HEAD.size:
-        return None
-    n, nsym = _PAYLOAD_HEAD.unpack_from(view, head)
-    if not n or not nsym:  # we never write an empty record: zeros are no head
-        return None
-    p = head + _PAYLOAD_HEAD.size
-    for _ in range(nsym):
-        if p >= avail:
-            return None
-        p += 1 + view[p]
-    if p > avail:
-        return None
-    payload = _pad8(_pad8(p - head) + n * _BYTES_PER_TICK)
-    length = _check_header(view, pos) if avail - pos >= HEADER_SIZE else -1
-    if length >= 0 and length != payload:
-        return None
-    return n, HEADER_SIZE + payload
-
-
-def _census(
-    data: mmap.mmap, view: memoryview, start: int, stop: int, avail: int
-) -> tuple[int, int | None]:
-    """(records, ticks) of a damaged region [start, stop) of a segment whose bytes end at
-    `avail` (before `stop` when bytes are missing). Ticks are summed only when the records'
-    declared sizes tile the region exactly, so a number is never a guess."""
-    readable = min(stop, avail)
-    # Any position, not only aligned ones: shifted records are counted too.
-    headers = sum(
-        1
-        for q in _magic_positions(data, start, readable)
-        if readable - q >= HEADER_SIZE and _check_header(view, q) >= 0
-    )
-    ticks, steps, pos = 0, 0, start
-    while pos < stop:
-        head = _record_head(view, pos, readable)
-        if head is None:
-            return max(1, headers), None
-        ticks += head[0]
-        steps += 1
-        pos += head[1]
-    if pos != stop:
-        return max(1, headers), None
-    return max(steps, headers), ticks
-
-
-def _misaligned_records(data: mmap.mmap, view: memoryview, start: int, stop: int) -> int:
-    """Valid records starting at positions that are not 8-aligned in [start, stop): evidence
-    that bytes were inserted or deleted, which the aligned resync cannot follow."""
-    return sum(1 for q in _magic_positions(data, start, stop) if q % 8 and _valid_at(view, q, stop))
 
 
 def _write_state(directory: Path, state: dict) -> None:
@@ -497,8 +220,8 @@ class TickLog:
         except BaseException:
             os.close(self._lock_fd)
             raise
-        self._report_recovery()
-        active = _segment_path(self.directory, self._bases[-1])
+        report_recovery(self._damaged, self._acked, self.torn)
+        active = segment_path(self.directory, self._bases[-1])
         self._fd = os.open(active, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._active_size = os.fstat(self._fd).st_size
         self._end = self._bases[-1] + self._active_size
@@ -541,19 +264,24 @@ class TickLog:
             # reset_to() stores its target first, then deletes the old segments: any segment
             # still wholly below the target was persisted before the reset and goes now.
             for base in list(bases):
-                path = _segment_path(self.directory, base)
+                path = segment_path(self.directory, base)
                 if base < self._reset_base and base + path.stat().st_size <= self._reset_base:
                     path.unlink()
                     bases.remove(base)
                     self._dir_dirty = True
         if not bases:
             first = self._reset_base or 0
-            _segment_path(self.directory, first).touch()
+            segment_path(self.directory, first).touch()
             self._dir_dirty = True
             bases = [first]
         spans: list[DamagedSpan] = []
         for i, base in enumerate(bases):
-            spans.extend(self._check_segment(base, bases[i + 1] if i + 1 < len(bases) else None))
+            found, torn = check_segment(
+                self.directory, base, bases[i + 1] if i + 1 < len(bases) else None
+            )
+            spans.extend(found)
+            if torn is not None:
+                self.torn, self.truncated_bytes = torn, torn.bytes
         self._set_damage(sorted(spans, key=lambda s: (s.offset, s.end)))
         # Acknowledgements of spans that no longer exist (segment deleted, damage changed or cut
         # as the torn tail) are dropped, so the state file never holds stale entries.
@@ -561,126 +289,6 @@ class TickLog:
         if self._acked != stored_acks:
             self._save_state()
         return bases
-
-    def _check_segment(self, base: int, next_base: int | None) -> list[DamagedSpan]:
-        """The damaged spans of one segment, found in one read pass; for the last segment
-        (`next_base` None) also its torn tail, truncated here."""
-        path = _segment_path(self.directory, base)
-        name = path.name
-        with open(path, "rb" if next_base is not None else "r+b") as f:
-            size = os.fstat(f.fileno()).st_size
-            room = size if next_base is None else next_base - base
-            if not size:
-                if room:  # an empty file where records should be
-                    return [DamagedSpan(name, base, base + room, room, 1, None, "missing")]
-                return []
-            limit = min(size, room)
-            spans: list[DamagedSpan] = []
-            cut = -1
-            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            if hasattr(data, "madvise") and hasattr(mmap, "MADV_SEQUENTIAL"):
-                data.madvise(mmap.MADV_SEQUENTIAL)  # one forward pass: read ahead, drop behind
-            try:
-                with memoryview(data) as view:
-
-                    def span(start: int, stop: int, kind: str = "corrupt") -> DamagedSpan:
-                        records, ticks = _census(data, view, start, stop, limit)
-                        if kind == "corrupt" and _misaligned_records(
-                            data, view, start, min(stop, limit)
-                        ):
-                            kind = "shifted"
-                        return DamagedSpan(
-                            name, base + start, base + stop, stop - start, records, ticks, kind
-                        )
-
-                    bad, tail = _scan(data, view, limit)
-                    spans.extend(span(start, stop) for start, stop in bad)
-                    if next_base is None:
-                        if tail < size:
-                            cut = self._tear(data, view, name, base, tail, size, spans, span)
-                    else:
-                        if room > size:
-                            spans.append(span(tail, room, "missing"))
-                        elif tail < limit:
-                            spans.append(span(tail, limit))
-                        if size > room:
-                            # Bytes past the next segment's base: no offset can address them, so
-                            # they are reported (and kept on disk), never read.
-                            records, ticks = _census(data, view, room, size, size)
-                            spans.append(
-                                DamagedSpan(
-                                    name,
-                                    next_base,
-                                    next_base,
-                                    size - room,
-                                    records,
-                                    ticks,
-                                    "overlap",
-                                )
-                            )
-            finally:
-                data.close()
-            if cut >= 0:
-                os.ftruncate(f.fileno(), cut)
-        return spans
-
-    def _tear(
-        self,
-        data: mmap.mmap,
-        view: memoryview,
-        name: str,
-        base: int,
-        tail: int,
-        size: int,
-        spans: list[DamagedSpan],
-        span: Callable[[int, int], DamagedSpan],
-    ) -> int:
-        """Split the trailing region [tail, size) of the last segment, in which no valid record
-        starts: its final record is the torn tail, anything before it a damaged span. Returns
-        where to truncate, or -1 to keep the whole region (as a damaged span)."""
-        if _misaligned_records(data, view, tail, size):
-            # Intact records at positions the aligned scan cannot reach: never cut them.
-            spans.append(span(tail, size))
-            return -1
-        # The final record starts at the last record header still standing; with none, the
-        # whole region is what is left of one record whose header is damaged too.
-        final = tail
-        for q in _magic_positions(data, tail, size):
-            if q % 8 == 0 and size - q >= HEADER_SIZE and _check_header(view, q) >= 0:
-                final = q
-        if final > tail:
-            spans.append(span(tail, final))
-        head = _record_head(view, final, size)
-        self.torn = TornTail(name, base + final, size - final, 1, None if head is None else head[0])
-        self.truncated_bytes = size - final
-        return final
-
-    def _report_recovery(self) -> None:
-        """One warning per damaged span and one for a torn tail, each in records and ticks."""
-        for s in self._damaged:
-            log.warning(
-                "tick log: damaged span (%s) in segment %s at offsets %d..%d, %d bytes: %d "
-                "record(s) and %s tick(s) unreadable, skipped by reads%s",
-                s.kind,
-                s.segment,
-                s.offset,
-                s.end,
-                s.bytes,
-                s.records,
-                "an unknown number of" if s.ticks is None else s.ticks,
-                " (acknowledged earlier)" if s.key in self._acked else "",
-            )
-        if self.torn is not None:
-            t = self.torn
-            log.warning(
-                "tick log: torn tail cut from segment %s at offset %d, %d bytes: %d record and "
-                "%s tick(s) lost",
-                t.segment,
-                t.offset,
-                t.bytes,
-                t.records,
-                "an unknown number of" if t.ticks is None else t.ticks,
-            )
 
     def _set_damage(self, spans: list[DamagedSpan]) -> None:
         """Install the known spans and the read-skip bounds derived from them."""
@@ -782,7 +390,7 @@ class TickLog:
         """Start a new segment at the current end (caller holds `_lock`)."""
         base = self._end
         fd = os.open(
-            _segment_path(self.directory, base), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
+            segment_path(self.directory, base), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
         )
         self._retired.append(self._fd)
         self._fd = fd
@@ -848,7 +456,7 @@ class TickLog:
     def _read_fd(self, base: int) -> int:
         fd = self._read_fds.get(base)
         if fd is None:
-            fd = os.open(_segment_path(self.directory, base), os.O_RDONLY)
+            fd = os.open(segment_path(self.directory, base), os.O_RDONLY)
             self._read_fds[base] = fd
         return fd
 
@@ -876,7 +484,7 @@ class TickLog:
             pos = offset
             # Enough bytes for max_ticks ticks in one pread, bounded so a huge max_ticks does
             # not allocate the whole segment up front.
-            want = min(max(max_ticks * _BYTES_PER_TICK + 4096, _READ_CHUNK_MIN), _READ_CHUNK_MAX)
+            want = min(max(max_ticks * BYTES_PER_TICK + 4096, _READ_CHUNK_MIN), _READ_CHUNK_MAX)
             while pos < end and ticks < max_ticks:
                 stop = end
                 if starts:  # damage is rare: an undamaged log pays this one test per chunk
@@ -897,7 +505,7 @@ class TickLog:
                 buf = self._pread(fd, min(want, stop - pos), pos - base)
                 at = 0
                 while ticks < max_ticks and len(buf) - at >= HEADER_SIZE:
-                    length = _check_header(buf, at)
+                    length = check_header(buf, at)
                     if length < 0:
                         raise self._bad_offset(pos + at, offset)
                     size = HEADER_SIZE + length
@@ -972,9 +580,9 @@ class TickLog:
                 fd = self._read_fds.pop(base, None)
                 if fd is not None:
                     os.close(fd)
-                _segment_path(self.directory, base).unlink()
+                segment_path(self.directory, base).unlink()
             if doomed:
-                gone = {_segment_path(self.directory, base).name for base in doomed}
+                gone = {segment_path(self.directory, base).name for base in doomed}
                 with self._state_lock:
                     if any(s.segment in gone for s in self._damaged):
                         self._set_damage([s for s in self._damaged if s.segment not in gone])
@@ -1005,9 +613,9 @@ class TickLog:
             self._retired.clear()
             self._read_fds.clear()
             for base in self._bases:
-                _segment_path(self.directory, base).unlink(missing_ok=True)
+                segment_path(self.directory, base).unlink(missing_ok=True)
             self._fd = os.open(
-                _segment_path(self.directory, offset), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
+                segment_path(self.directory, offset), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
             )
             self._bases = [offset]
             self._active_size = 0
