@@ -27,22 +27,6 @@ INDICATOR_TIMEFRAMES: tuple[str, ...] = ("1m",)
 #: last bit after ~600 bars of look-back (and to 1e-9 after 300); finite windows need 33.
 INDICATOR_LOOKBACK_BARS = 720
 
-# One cache per process: a retried or re-run window finds its indicators here (and in Redis
-# when HFT_REDIS_URL is set, which other run processes share).
-_indicator_cache: IndicatorCache | None = None
-
-
-def indicator_cache() -> IndicatorCache:
-    """The process-wide indicator cache, configured from the environment on first use."""
-    global _indicator_cache
-    if _indicator_cache is None:
-        # Imported here: the Redis tier loads redis and pyarrow, which definition loading
-        # (that imports this module) does not need.
-        from hft_pipeline.store.redis_cache import indicator_cache_from_env
-
-        _indicator_cache = indicator_cache_from_env()
-    return _indicator_cache
-
 
 def long_from_wide(results: dict[str, pd.DataFrame], wide: Wide) -> pd.DataFrame:
     """symbol, ts, one column per indicator output, for the bars each symbol has (by symbol, ts)."""
@@ -73,7 +57,8 @@ def indicators_window(
     end_ns: int,
     names: Sequence[str] = DEFAULT_INDICATORS,
     lookback_bars: int = INDICATOR_LOOKBACK_BARS,
-    cache: IndicatorCache | None = None,
+    *,
+    cache: IndicatorCache,
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """Indicator values of the bars in [start_ns, end_ns), computed with warm-up from earlier bars,
     and counts (candles_read, warmup_bars, obv_anchored_symbols when anchoring happened).
@@ -92,7 +77,6 @@ def indicators_window(
         empty = pd.DataFrame({"symbol": pd.Series(dtype=object), "ts": pd.Series(dtype=np.int64)})
         return empty, stats
     wide = wide_candles(stored)
-    cache = cache or indicator_cache()
     key = cache.key(
         "indicators", {"names": list(names), "timeframe": timeframe}, list(wide["close"].columns),
         fingerprint(wide),
@@ -146,10 +130,14 @@ def rebuild_indicators(
     end_ns: int,
     lookback_bars: int = INDICATOR_LOOKBACK_BARS,
     timeframes: Sequence[str] = INDICATOR_TIMEFRAMES,
-    cache: IndicatorCache | None = None,
+    *,
+    cache: IndicatorCache,
 ) -> IndicatorsReport:
-    """Compute the window's indicators of every timeframe and replace the stored ones."""
-    cache = cache or indicator_cache()
+    """Compute the window's indicators of every timeframe and replace the stored ones.
+
+    `cache` holds computed indicators between calls (orchestration passes the process's one,
+    built from the settings: `orchestration.resources.indicator_cache`).
+    """
     hits_before = cache.stats.hits
     report = IndicatorsReport()
     for tf in timeframes:
@@ -172,7 +160,6 @@ __all__ = [
     "INDICATOR_TIMEFRAMES",
     "IndicatorsReport",
     "anchor_cumulative",
-    "indicator_cache",
     "indicators_window",
     "lookback_start",
     "long_from_wide",

@@ -32,7 +32,11 @@ from hft_pipeline.orchestration.checks import (
 from hft_pipeline.orchestration.jobs import CANDLES_BACKFILL_POLICY
 from hft_pipeline.orchestration.partitions import candle_partitions, window_ns
 from hft_pipeline.orchestration.policies import WatermarkPolicy
-from hft_pipeline.orchestration.resources import IngestApiResource, StoreResource
+from hft_pipeline.orchestration.resources import (
+    IngestApiResource,
+    StoreResource,
+    indicator_cache,
+)
 
 if TYPE_CHECKING:
     from hft_pipeline.analytics.backtests import BacktestSpec
@@ -109,7 +113,9 @@ def indicators(
 ) -> MaterializeResult:
     start_ns, end_ns = window_ns(context.partition_time_window)
     with store.open() as s:
-        report = rebuild_indicators(s, start_ns, end_ns, lookback_bars=config.lookback_bars)
+        report = rebuild_indicators(
+            s, start_ns, end_ns, lookback_bars=config.lookback_bars, cache=indicator_cache()
+        )
     return MaterializeResult(
         metadata=metadata.indicators_metadata(report, list(DEFAULT_INDICATORS))
     )

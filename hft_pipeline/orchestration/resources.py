@@ -1,7 +1,9 @@
-"""Dagster resources: the tick store (SQLite or PostgreSQL) and the ingest service's HTTP API."""
+"""Dagster resources: the tick store (SQLite or PostgreSQL), the ingest service's HTTP API, and
+the process's indicator cache."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -13,6 +15,7 @@ from pydantic import Field
 from hft_pipeline.client import ApiError as IngestApiError
 from hft_pipeline.client import IngestClient
 from hft_pipeline.market.candles import CANDLE_COLUMNS
+from hft_pipeline.market.indicator_cache import IndicatorCache
 from hft_pipeline.settings import Settings
 from hft_pipeline.store import TickStore, open_store
 
@@ -105,4 +108,20 @@ class IngestApiResource(ConfigurableResource):
         return pd.concat(frames, ignore_index=True)
 
 
-__all__ = ["IngestApiError", "IngestApiResource", "StoreResource"]
+@functools.cache
+def indicator_cache() -> IndicatorCache:
+    """The process's indicator cache, built from the settings on first use.
+
+    One per process: a retried or re-run window finds its indicators here (and in Redis when
+    HFT_REDIS_URL is set, which other run processes share).
+    """
+    # Imported here: the Redis tier loads redis and pyarrow, which definition loading does not need.
+    from hft_pipeline.store.redis_cache import build_indicator_cache
+
+    settings = Settings.from_env()
+    return build_indicator_cache(
+        settings.indicator_cache_bytes, settings.redis_url, settings.indicator_cache_ttl_s
+    )
+
+
+__all__ = ["IngestApiError", "IngestApiResource", "StoreResource", "indicator_cache"]

@@ -1,4 +1,4 @@
-"""The indicator cache's shared tier in Redis, and the process cache configured from `HFT_*`.
+"""The indicator cache's shared tier in Redis, and an indicator cache built on it.
 
 Values cross the wire as Arrow IPC, not pickle: bytes from a shared server are not code. Each key
 expires after a TTL, so a Redis without an eviction policy cannot fill up with stale results.
@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
@@ -18,7 +16,7 @@ import redis
 
 from hft_pipeline.market.indicator_cache import IndicatorCache, Value
 
-__all__ = ["RedisTier", "build_indicator_cache", "indicator_cache_from_env"]
+__all__ = ["RedisTier", "build_indicator_cache"]
 
 
 class RedisTier:
@@ -55,22 +53,6 @@ def build_indicator_cache(
     if redis_url:
         kwargs.setdefault("shared", RedisTier(redis_url, ttl_s=ttl_s))
     return IndicatorCache(**kwargs)
-
-
-def indicator_cache_from_env(env: Mapping[str, str] | None = None, **kwargs: Any) -> IndicatorCache:
-    """`build_indicator_cache` from the three variables in `env` (default: the process's).
-
-    The store may not import the settings (a layer below them), so it reads the same names; a
-    caller that holds the settings should call `build_indicator_cache` with their values.
-    """
-    env = os.environ if env is None else env
-    raw_bytes = env.get("HFT_INDICATOR_CACHE_BYTES")
-    return build_indicator_cache(
-        int(raw_bytes) if raw_bytes else None,
-        env.get("HFT_REDIS_URL") or "",
-        int(env.get("HFT_INDICATOR_CACHE_TTL_S") or 3600),
-        **kwargs,
-    )
 
 
 def encode(value: Value) -> bytes:

@@ -14,11 +14,20 @@ import redis
 
 from hft_pipeline.market import indicators as ind
 from hft_pipeline.market.frames import to_wide
-from hft_pipeline.market.indicator_cache import fingerprint
-from hft_pipeline.store.redis_cache import decode, encode, indicator_cache_from_env
+from hft_pipeline.market.indicator_cache import IndicatorCache, fingerprint
+from hft_pipeline.settings import Settings
+from hft_pipeline.store.redis_cache import build_indicator_cache, decode, encode
 from hft_pipeline_tests.conftest import IN_CI
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def cache_from(env: dict[str, str], **kwargs: object) -> IndicatorCache:
+    """The cache orchestration builds from the settings of `env`."""
+    s = Settings.from_env(env)
+    return build_indicator_cache(
+        s.indicator_cache_bytes, s.redis_url, s.indicator_cache_ttl_s, **kwargs
+    )
 
 
 def _candles(n: int, seed: int) -> pd.DataFrame:
@@ -51,8 +60,8 @@ def redis_prefix() -> Iterator[str]:
 
 def test_redis_round_trip_shared_between_instances_with_ttl(redis_prefix: str) -> None:
     env = {"HFT_REDIS_URL": REDIS_URL, "HFT_INDICATOR_CACHE_TTL_S": "120"}
-    writer = indicator_cache_from_env(env, prefix=redis_prefix)
-    reader = indicator_cache_from_env(env, prefix=redis_prefix)  # another process, empty memory
+    writer = cache_from(env, prefix=redis_prefix)
+    reader = cache_from(env, prefix=redis_prefix)  # another process, empty memory
     wide = to_wide({"A": _candles(120, 3), "B": _candles(120, 4)})
     value = ind.compute_wide(wide, ["sma_10", "macd_12_26_9"])
     key = writer.key("set", {"n": 2}, ["A", "B"], fingerprint(wide))
@@ -75,7 +84,7 @@ def test_redis_round_trip_shared_between_instances_with_ttl(redis_prefix: str) -
 
     assert writer.invalidate(symbol="B") == 2  # memory entry + redis key
     assert client.exists(key) == 0
-    assert indicator_cache_from_env(env, prefix=redis_prefix).get(key) is None
+    assert cache_from(env, prefix=redis_prefix).get(key) is None
 
 
 def test_values_cross_the_wire_as_arrow_not_pickle() -> None:
@@ -98,6 +107,6 @@ def test_values_cross_the_wire_as_arrow_not_pickle() -> None:
 
 
 def test_without_a_redis_url_the_cache_is_memory_only_and_sized_from_env() -> None:
-    cache = indicator_cache_from_env({"HFT_INDICATOR_CACHE_BYTES": "4096"})
+    cache = cache_from({"HFT_INDICATOR_CACHE_BYTES": "4096"})
     assert cache.shared is None and cache.max_bytes == 4096
-    assert indicator_cache_from_env({}).max_bytes == 512 * 1024**2
+    assert cache_from({}).max_bytes == 512 * 1024**2
