@@ -225,14 +225,8 @@ class TickStore(Protocol):
     def backtest_metrics(self, run_key: str) -> pd.DataFrame:
         """The metrics frame of `run_key` (docs/results.md#frames); KeyError if there is none."""
 
-    def backtest_trades(self, run_key: str) -> pd.DataFrame:
-        """The trades frame of `run_key` (docs/results.md#frames); KeyError if there is none."""
-
     def write_comparison(self, run_key: str, ranked: pd.DataFrame) -> None:
         """Store (or replace) the ranked comparison table of `run_key`."""
-
-    def latest_comparison(self) -> tuple[str, pd.DataFrame] | None:
-        """(run_key, ranked table) of the most recently written comparison, None if none."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -111,7 +111,7 @@ def test_run_backtests_stores_every_run_and_the_best_runs_trades(candle_store: T
         report.metrics.sort_values(["strategy", "symbol", "params"])["sharpe"],
         rtol=0,
     )
-    assert len(candle_store.backtest_trades(report.run.run_key)) == len(report.trades) > 0
+    assert len(candle_store.results.backtest_trades(report.run.run_key)) == len(report.trades) > 0
     assert backtest_sanity(report.metrics, report.trades)[0]
 
     # The trades stored are those of each (strategy, symbol)'s best run, and only those.

@@ -67,7 +67,7 @@ def test_the_comparison_ranks_the_stored_best_runs_and_stores_the_ranking(
     # Heatmaps see the whole stored grid, not the re-simulated subset.
     for name, table in report.result.runs.items():
         assert len(table) == len(backtest.metrics[backtest.metrics["strategy"] == name])
-    stored_key, stored = candle_store.latest_comparison()
+    stored_key, stored = candle_store.results.latest_comparison()
     assert stored_key == report.run_key
     assert stored[["strategy", "symbol", "params"]].values.tolist() == (
         ranked[["strategy", "symbol", "params"]].values.tolist()

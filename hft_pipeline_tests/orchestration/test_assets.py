@@ -227,14 +227,14 @@ def test_indicators_warm_up_backtests_and_comparison(store_case: StoreCase) -> N
     assert len(metrics) == bt_meta["runs"].value == 4 * 10 * len(SYMBOLS)
     assert bt_meta["bars"].value == 720
     assert np.isclose(bt_meta["best_sharpe"].value, metrics["sharpe"].max())
-    trades = store_case.store.backtest_trades(run.run_key)
+    trades = store_case.store.results.backtest_trades(run.run_key)
     assert len(trades) == bt_meta["trades_stored"].value > 0
     assert backtest_sanity(metrics, trades)[0]
 
     comparison = materialize([strategy_comparison], resources=res)
     assert comparison.success
     cmp_meta = comparison.asset_materializations_for_node("strategy_comparison")[0].metadata
-    run_key, ranked = store_case.store.latest_comparison()
+    run_key, ranked = store_case.store.results.latest_comparison()
     assert run_key == run.run_key
     assert len(ranked) == 4 * len(SYMBOLS) == cmp_meta["rows"].value
     # The comparison's best rows are the stored sweep's best rows (same runs, same metrics).

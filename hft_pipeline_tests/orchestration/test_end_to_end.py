@@ -199,7 +199,7 @@ def test_sensor_schedule_and_assets_on_postgres_end_to_end(
 
         analytics = defs.resolve_job_def("analytics_job").execute_in_process(instance=instance)
         assert analytics.success
-        latest = store.latest_comparison()
+        latest = store.results.latest_comparison()
         assert latest is not None
         _, ranked = latest
         assert len(ranked) > 0

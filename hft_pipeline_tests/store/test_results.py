@@ -97,7 +97,7 @@ def test_empty_store_reads(backend: Backend) -> None:
     assert store.stored_candles("1m").empty
     assert list(store.stored_indicators("1m").columns) == ["symbol", "ts"]
     assert store.backtest_runs() == []
-    assert store.latest_comparison() is None
+    assert store.results.latest_comparison() is None
     with pytest.raises(KeyError, match="no backtest run"):
         store.backtest_metrics("missing")
 
@@ -228,7 +228,7 @@ def test_failure_mid_write_keeps_the_previous_rows(backend: Backend) -> None:
     pd.testing.assert_frame_equal(store.stored_candles("1m"), stored(good, "1m"))
     pd.testing.assert_frame_equal(store.stored_indicators("1m"), wide_expected(values))
     pd.testing.assert_frame_equal(store.backtest_metrics(run.run_key), metrics)
-    pd.testing.assert_frame_equal(store.backtest_trades(run.run_key), trades)
+    pd.testing.assert_frame_equal(store.results.backtest_trades(run.run_key), trades)
     # The store still works afterwards (the failed transaction did not leak).
     assert store.replace_candles(good.iloc[:5], T0, T0 + HOUR, ["1m"]) == 5
 
@@ -369,9 +369,9 @@ def test_backtest_round_trip_and_replace(backend: Backend) -> None:
     assert store.backtest_runs() == [run, older]
     got = store.backtest_metrics(run.run_key)
     pd.testing.assert_frame_equal(got, metrics)
-    pd.testing.assert_frame_equal(store.backtest_trades(run.run_key), trades)
+    pd.testing.assert_frame_equal(store.results.backtest_trades(run.run_key), trades)
     pd.testing.assert_frame_equal(store.backtest_metrics(older.run_key), m2.iloc[:2])
-    assert store.backtest_trades(older.run_key).empty
+    assert store.results.backtest_trades(older.run_key).empty
 
     # Parameter values come back exactly, as their own type: never re-read from a label.
     stored = got.at[0, "param_values"]
@@ -396,7 +396,7 @@ def test_backtest_round_trip_and_replace(backend: Backend) -> None:
     store.write_backtest(again, small, trades.iloc[:2])
     assert store.backtest_runs() == [again, older]
     pd.testing.assert_frame_equal(store.backtest_metrics(run.run_key), small)
-    pd.testing.assert_frame_equal(store.backtest_trades(run.run_key), trades.iloc[:2])
+    pd.testing.assert_frame_equal(store.results.backtest_trades(run.run_key), trades.iloc[:2])
     rows = backend.query(f"select count(*) from backtest_metrics where run_key = '{run.run_key}'")
     assert rows[0][0] == len(small)
     pd.testing.assert_frame_equal(store.backtest_metrics(older.run_key), m2.iloc[:2])
@@ -413,7 +413,7 @@ def test_backtest_round_trip_and_replace(backend: Backend) -> None:
         store.write_backtest(run, bad, trades)
     assert [r.run_key for r in store.backtest_runs()] == [run.run_key, older.run_key]
     with pytest.raises(KeyError, match="no backtest run"):
-        store.backtest_trades("missing")
+        store.results.backtest_trades("missing")
 
 
 def test_comparison_round_trip_and_latest(backend: Backend) -> None:
@@ -424,12 +424,12 @@ def test_comparison_round_trip_and_latest(backend: Backend) -> None:
     assert ranked["avg_trade_duration"].dtype.kind == "m" and ranked["rank"].dtype == np.int64
     store.write_comparison("2026-11-20T00:10", ranked.iloc[:2])
     store.write_comparison("2026-11-21T00:10", ranked)
-    key, got = store.latest_comparison()
+    key, got = store.results.latest_comparison()
     assert key == "2026-11-21T00:10"
     pd.testing.assert_frame_equal(got, ranked)
     # Rewriting an older key makes it the latest written, with its new content only.
     store.write_comparison("2026-11-20T00:10", ranked.iloc[:1])
-    key, got = store.latest_comparison()
+    key, got = store.results.latest_comparison()
     assert key == "2026-11-20T00:10"
     pd.testing.assert_frame_equal(got, ranked.iloc[:1])
     rows = backend.query("select count(*) from comparison_rows")[0][0]

@@ -151,7 +151,7 @@ def test_migration_from_the_long_cell_schema(
         # Old backtests and comparisons are dropped (their parameters were labels only);
         # materializing `backtests` again rebuilds them.
         assert store.backtest_runs() == []
-        assert store.latest_comparison() is None
+        assert store.results.latest_comparison() is None
         tables = {n for (n,) in query(_TABLES[dialect])}
         assert "backtest_trade_values" not in tables
         assert {"backtest_runs", "backtest_metrics", "backtest_trades"} <= tables

@@ -59,14 +59,6 @@ class StoredResults:
         """See `TickStore.backtest_metrics`."""
         return self.results.backtest_metrics(run_key)
 
-    def backtest_trades(self, run_key: str) -> pd.DataFrame:
-        """See `TickStore.backtest_trades`."""
-        return self.results.backtest_trades(run_key)
-
     def write_comparison(self, run_key: str, ranked: pd.DataFrame) -> None:
         """See `TickStore.write_comparison`."""
         self.results.write_comparison(run_key, ranked)
-
-    def latest_comparison(self) -> tuple[str, pd.DataFrame] | None:
-        """See `TickStore.latest_comparison`."""
-        return self.results.latest_comparison()
