@@ -300,14 +300,14 @@ class IngestService:
                 delay = min(delay * 2, STORE_CONNECT_MAX_S)
                 continue
             end, appended = self.log.end_offset, self._appended_since_start
-            self._pending_base, self._appended_at_base = 0, appended
+            # Until the count below is in, pending_ticks keeps its upper bound (never a false 0).
             offline = dict(self._subscriptions_offline)
             if offline:
                 with contextlib.suppress(StoreUnavailableError):
                     await asyncio.to_thread(self._apply_subscriptions, offline)
                     self._forget_applied(offline)
             count = await asyncio.to_thread(self._count_range, start, end)
-            self._pending_base = count
+            self._pending_base, self._appended_at_base = count, appended
             self.recovery.backlog_ticks = count
             log.warning(
                 "store reachable: migrated, %d ticks in the log to persist; draining",
