@@ -146,7 +146,7 @@ def test_a_bad_secret_is_named_but_not_shown():
 
 
 def test_policies_read_their_thresholds_from_the_settings():
-    from hft_pipeline.orchestration.policies import HealthPolicy, WatermarkPolicy
+    from hft_pipeline.orchestration.jobs import HealthPolicy, WatermarkPolicy
 
     assert WatermarkPolicy.from_env({}) == WatermarkPolicy(60.0, 48, 300.0)
     w = WatermarkPolicy.from_env({"HFT_LATE_GRACE_S": "5", "HFT_SENSOR_MAX_REQUESTS": "0"})

@@ -29,9 +29,8 @@ from hft_pipeline.orchestration.checks import (
     CANDLE_CHECK_SPECS,
     check_results,
 )
-from hft_pipeline.orchestration.jobs import CANDLES_BACKFILL_POLICY
+from hft_pipeline.orchestration.jobs import CANDLES_BACKFILL_POLICY, WatermarkPolicy
 from hft_pipeline.orchestration.partitions import candle_partitions, window_ns
-from hft_pipeline.orchestration.policies import WatermarkPolicy
 from hft_pipeline.orchestration.resources import (
     IngestApiResource,
     StoreResource,

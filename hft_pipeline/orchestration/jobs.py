@@ -1,10 +1,15 @@
-"""The two asset jobs and every run policy around them: names, tags, run keys, backfills.
+"""The two asset jobs and every run policy around them: names, tags, run keys, backfills, and
+the thresholds from the settings (when an hour of candles is final, when ingest alerts).
 
 Sensors and schedules build their run requests here, so a tag that dagster.yaml's concurrency
 limits key on, or a run key that makes a request idempotent, is written once.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from dagster import (
     AssetSelection,
@@ -16,6 +21,7 @@ from dagster import (
 )
 
 from hft_pipeline.orchestration.partitions import candle_partitions
+from hft_pipeline.settings import Settings
 
 CANDLES_JOB = "candles_job"
 ANALYTICS_JOB = "analytics_job"
@@ -44,6 +50,59 @@ IN_PROGRESS = [
 #: at a time, so 24 cost one process start instead of 24.
 BACKFILL_PARTITIONS_PER_RUN = 24
 CANDLES_BACKFILL_POLICY = BackfillPolicy.multi_run(BACKFILL_PARTITIONS_PER_RUN)
+
+
+def _default(field: str) -> Any:
+    # The defaults and their meaning live once, in the settings (docs/configuration.md).
+    return Settings.model_fields[field].default
+
+
+@dataclass(frozen=True, slots=True)
+class WatermarkPolicy:
+    """When a partition counts as complete, how much to request per tick, how often to refresh."""
+
+    grace_s: float = _default("late_grace_s")
+    max_requests: int = _default("sensor_max_requests")
+    live_refresh_s: float = _default("live_refresh_s")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WatermarkPolicy:
+        """HFT_LATE_GRACE_S, HFT_SENSOR_MAX_REQUESTS, HFT_LIVE_REFRESH_S."""
+        return cls(
+            grace_s=settings.late_grace_s,
+            max_requests=max(1, settings.sensor_max_requests),
+            live_refresh_s=settings.live_refresh_s,
+        )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> WatermarkPolicy:
+        """The policy of `Settings.from_env(env)`."""
+        return cls.from_settings(Settings.from_env(env))
+
+
+@dataclass(frozen=True, slots=True)
+class HealthPolicy:
+    """Thresholds for the ingest health alerts."""
+
+    max_pending_ticks: int = _default("alert_pending_ticks")
+    max_lag_s: float = _default("alert_lag_s")
+    critical_after_ticks: int = _default("alert_critical_ticks")
+    critical_after_s: float = _default("alert_critical_s")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HealthPolicy:
+        """HFT_ALERT_PENDING_TICKS, HFT_ALERT_LAG_S, HFT_ALERT_CRITICAL_TICKS, HFT_ALERT_CRITICAL_S."""
+        return cls(
+            max_pending_ticks=settings.alert_pending_ticks,
+            max_lag_s=settings.alert_lag_s,
+            critical_after_ticks=max(1, settings.alert_critical_ticks),
+            critical_after_s=settings.alert_critical_s,
+        )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> HealthPolicy:
+        """The policy of `Settings.from_env(env)`."""
+        return cls.from_settings(Settings.from_env(env))
 
 
 def final_candles_request(key: str) -> RunRequest:
@@ -99,11 +158,13 @@ __all__ = [
     "CANDLES_JOB",
     "DAY_TAG",
     "FINAL",
+    "HealthPolicy",
     "IN_PROGRESS",
     "JOB_TAG",
     "LIVE",
     "REFRESH_TAG",
     "TRIGGER_TAG",
+    "WatermarkPolicy",
     "analytics_job",
     "candles_job",
     "catchup_candles_request",

@@ -21,6 +21,7 @@ from hft_pipeline.orchestration.jobs import (
     ANALYTICS_JOB,
     CANDLES_JOB,
     IN_PROGRESS,
+    WatermarkPolicy,
     catchup_candles_request,
     daily_analytics_request,
 )
@@ -30,7 +31,6 @@ from hft_pipeline.orchestration.partitions import (
     key_window_ns,
     partition_key_at,
 )
-from hft_pipeline.orchestration.policies import WatermarkPolicy
 from hft_pipeline.orchestration.resources import StoreResource
 
 CANDLES = AssetKey("candles")

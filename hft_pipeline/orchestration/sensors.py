@@ -35,6 +35,8 @@ from hft_pipeline.orchestration.jobs import (
     IN_PROGRESS,
     LIVE,
     REFRESH_TAG,
+    HealthPolicy,
+    WatermarkPolicy,
     final_candles_request,
     first_analytics_request,
     live_candles_request,
@@ -47,7 +49,6 @@ from hft_pipeline.orchestration.partitions import (
     partition_key_at,
     precedes_partitions,
 )
-from hft_pipeline.orchestration.policies import HealthPolicy, WatermarkPolicy
 from hft_pipeline.orchestration.resources import IngestApiResource, StoreResource
 from hft_pipeline.store import Subscription, Watermark
 

@@ -25,9 +25,13 @@ from hft_pipeline.ingest.feeds.simulator import generate
 from hft_pipeline.market.ticks import concat_batches
 from hft_pipeline.observability.alerts import Alert, Level
 from hft_pipeline.orchestration.alerting import AlertsResource
-from hft_pipeline.orchestration.jobs import ANALYTICS_JOB, REFRESH_TAG
+from hft_pipeline.orchestration.jobs import (
+    ANALYTICS_JOB,
+    REFRESH_TAG,
+    HealthPolicy,
+    WatermarkPolicy,
+)
 from hft_pipeline.orchestration.partitions import NS
-from hft_pipeline.orchestration.policies import HealthPolicy, WatermarkPolicy
 from hft_pipeline.orchestration.resources import IngestApiResource, StoreResource
 from hft_pipeline.orchestration.sensors import (
     WatermarkCursor,
