@@ -80,16 +80,11 @@ class Checkpoint:
 
     def advance(self, batch: TickBatch, offset: int) -> None:
         """Record the persisted `batch` that ends at log `offset` (after each commit)."""
-        points = last_ticks(batch)
         with self._lock:
             if offset != self.offset:
                 self.offset = offset
                 self._dirty = True
-            for symbol, point in points.items():
-                old = self.last.get(symbol)
-                if old is None or point.seq > old.seq:
-                    self.last[symbol] = point
-                    self._dirty = True
+        self.seed(last_ticks(batch))
 
     def seed(self, points: dict[str, ResumePoint]) -> None:
         """Merge positions known from elsewhere (the store) without moving any backwards."""

@@ -211,12 +211,11 @@ class IngestService:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure to reach/migrate: retry later
             raise StoreUnavailableError(f"{type(exc).__name__}: {exc}") from exc
-        valid = [sub for sub in subscriptions if is_valid_symbol(sub.symbol)]
         for sub in subscriptions:
             if not is_valid_symbol(sub.symbol):
                 # Stored before symbols were fully matched (e.g. "NAME\n"): never served.
                 log.warning("ignoring stored subscription %r: not a valid symbol", sub.symbol)
-        subscriptions = valid
+        subscriptions = [sub for sub in subscriptions if is_valid_symbol(sub.symbol)]
         resume: dict[str, ResumePoint] = {}
         for sub in subscriptions:
             if sub.symbol not in self.buffers:
@@ -270,10 +269,13 @@ class IngestService:
         self.persister.last_error = self.store_error
         self.metrics.errors.labels("store").inc()
 
-    def _count_ticks(self, offset: int) -> int:
-        """Ticks in the log from `offset` (a record boundary) to its end."""
+    def _count_ticks(self, offset: int, until: int | None = None) -> int:
+        """Ticks in the log from `offset` (a record boundary) to its end or to `until`.
+
+        A second read of the backlog part of the log on start: replay yields ~100k-tick chunks
+        that straddle the store's offset, so it cannot count what lies beyond it."""
         assert self.log is not None
-        return sum(len(batch) for batch, _ in self.log.replay(offset))
+        return sum(len(batch) for batch, _ in self.log.replay(offset, until=until))
 
     async def connect_store(self) -> None:
         """Retry the store until it is reachable, then migrate it and start the drain."""
@@ -306,25 +308,13 @@ class IngestService:
                 with contextlib.suppress(StoreUnavailableError):
                     await asyncio.to_thread(self._apply_subscriptions, offline)
                     self._forget_applied(offline)
-            count = await asyncio.to_thread(self._count_range, start, end)
+            count = await asyncio.to_thread(self._count_ticks, start, end)
             self._pending_base, self._appended_at_base = count, appended
             self.recovery.backlog_ticks = count
             log.warning(
                 "store reachable: migrated, %d ticks in the log to persist; draining",
                 count + self._appended_since_start - appended,
             )
-
-    def _count_range(self, start: int, end: int) -> int:
-        assert self.log is not None
-        total = 0
-        offset = start
-        while offset < end:
-            batch, nxt = self.log.read(offset, 100_000)
-            if nxt == offset:
-                break
-            total += len(batch)
-            offset = nxt
-        return total
 
     async def start(self) -> None:
         """Open everything, restore subscriptions, resume the feed and start consuming it."""

@@ -146,9 +146,11 @@ class LogBackend(Protocol):
     def acknowledge_damage(self) -> int: ...
     def append(self, batch: TickBatch) -> int: ...
     def flush(self) -> None: ...
-    def read(self, offset: int, max_ticks: int) -> tuple[TickBatch, int]: ...
+    def read(
+        self, offset: int, max_ticks: int, until: int | None = None
+    ) -> tuple[TickBatch, int]: ...
     def replay(
-        self, offset: int = 0, max_ticks: int = 100_000
+        self, offset: int = 0, max_ticks: int = 100_000, until: int | None = None
     ) -> Iterator[tuple[TickBatch, int]]: ...
     def retain(self, persisted_offset: int) -> int: ...
     def reset_to(self, offset: int) -> None: ...
@@ -460,16 +462,17 @@ class TickLog:
             self._read_fds[base] = fd
         return fd
 
-    def read(self, offset: int, max_ticks: int) -> tuple[TickBatch, int]:
+    def read(self, offset: int, max_ticks: int, until: int | None = None) -> tuple[TickBatch, int]:
         """Whole records from `offset` (a record boundary) until at least `max_ticks` ticks or the
-        end, concatenated, and the offset after them; (empty batch, offset) at the end. Damaged
-        spans found on open are skipped: a read that starts in one or reaches one goes on at its
-        end, and the offset returned is never inside one."""
+        end (or `until`, an end offset seen earlier), concatenated, and the offset after them;
+        (empty batch, offset) at the end. Damaged spans found on open are skipped: a read that
+        starts in one or reaches one goes on at its end, and the offset returned is never inside
+        one."""
         if max_ticks <= 0:
             raise ValueError(f"max_ticks must be > 0, got {max_ticks}")
         with self._read_lock:
             with self._lock:
-                end = self._end
+                end = self._end if until is None else min(self._end, until)
                 bases = list(self._bases)
             starts, ends = self._skip_starts, self._skip_ends
             if offset < bases[0]:
@@ -558,10 +561,13 @@ class TickLog:
             "opened: reopen the log to skip and report it"
         )
 
-    def replay(self, offset: int = 0, max_ticks: int = 100_000) -> Iterator[tuple[TickBatch, int]]:
-        """Batches of about `max_ticks` ticks with the offset after each, from `offset` to the end."""
+    def replay(
+        self, offset: int = 0, max_ticks: int = 100_000, until: int | None = None
+    ) -> Iterator[tuple[TickBatch, int]]:
+        """Batches of about `max_ticks` ticks with the offset after each, from `offset` to the end
+        (or to `until`, an end offset seen earlier)."""
         while True:
-            batch, nxt = self.read(offset, max_ticks)
+            batch, nxt = self.read(offset, max_ticks, until)
             if not len(batch):  # the end (past any damage that ends the log)
                 return
             yield batch, nxt

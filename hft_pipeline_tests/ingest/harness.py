@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -57,6 +60,31 @@ class ScriptedFeed:
 
     async def close(self) -> None:
         self.closed = True
+
+
+def start_ingest(
+    home, dsn: str, port: int, *args: str, env: dict | None = None, ready: str = "/health"
+) -> subprocess.Popen:
+    """`hft ingest` in a subprocess (stdout and stderr piped, text); returns once `ready`
+    answers 200, or for `ready="/test"` once the API answers at all (a degraded service)."""
+    env = {**os.environ, "HFT_LOG_FSYNC": "interval", "PYTHONUNBUFFERED": "1", **(env or {})}
+    cmd = [sys.executable, "-m", "hft_pipeline.cli", "ingest", "--home", str(home)]
+    cmd += ["--store", dsn, "--port", str(port), *args]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"service exited (code {proc.returncode}):\n{proc.stdout.read()}")
+        try:
+            if requests.get(f"http://127.0.0.1:{port}{ready}", timeout=1).status_code == 200:
+                return proc
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("service did not come up")
 
 
 def free_port() -> int:

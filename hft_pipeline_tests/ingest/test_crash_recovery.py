@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -14,44 +11,13 @@ import requests
 
 from hft_pipeline.ingest.feeds.simulator import generate
 from hft_pipeline.ingest.service import DEFAULT_SYMBOLS
-from hft_pipeline_tests.ingest.harness import free_port
+from hft_pipeline_tests.ingest.harness import free_port, start_ingest
 
 SEED, RATE = 7, 4000
 
 
 def start(home, dsn, port):
-    env = {**os.environ, "HFT_LOG_FSYNC": "interval", "PYTHONUNBUFFERED": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "hft_pipeline.cli",
-        "ingest",
-        "--home",
-        str(home),
-        "--store",
-        dsn,
-        "--port",
-        str(port),
-        "--seed",
-        str(SEED),
-        "--rate",
-        str(RATE),
-    ]
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"service exited early:\n{proc.stdout.read()}")
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("service did not come up")
+    return start_ingest(home, dsn, port, "--seed", str(SEED), "--rate", str(RATE))
 
 
 def accepted(port) -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +17,12 @@ from hft_pipeline.ingest.ticklog import TickLog
 from hft_pipeline.market.ticks import TickBatch
 from hft_pipeline.settings import Settings
 from hft_pipeline.store import open_store
-from hft_pipeline_tests.ingest.harness import ScriptedFeed, free_port, running_service
+from hft_pipeline_tests.ingest.harness import (
+    ScriptedFeed,
+    free_port,
+    running_service,
+    start_ingest,
+)
 
 T0 = (time.time_ns() // 10**9 - 600) * 10**9
 
@@ -97,25 +101,8 @@ SEED, RATE = 5, 4000
 
 
 def _start(home: Path, dsn: str, port: int, fsync: str) -> subprocess.Popen:
-    env = {**os.environ, "HFT_LOG_FSYNC": fsync, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "hft_pipeline.cli", "ingest", "--home", str(home)]
-    cmd += ["--store", dsn, "--port", str(port), "--seed", str(SEED), "--rate", str(RATE)]
-    cmd += ["--symbols", "PETR4,VALE3"]
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"service exited (code {proc.returncode}):\n{proc.stdout.read()}")
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("service did not come up")
+    args = ("--seed", str(SEED), "--rate", str(RATE), "--symbols", "PETR4,VALE3")
+    return start_ingest(home, dsn, port, *args, env={"HFT_LOG_FSYNC": fsync})
 
 
 def _store_offset(dsn: str) -> int:

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import sys
 import time
 
 import numpy as np
-import requests
 
 from hft_pipeline.ingest.service import IngestService
 from hft_pipeline.ingest.ticklog import TickLog
 from hft_pipeline.market.ticks import TickBatch, concat_batches
 from hft_pipeline.settings import Settings
 from hft_pipeline.store import open_store
-from hft_pipeline_tests.ingest.harness import ScriptedFeed, free_port, running_service
+from hft_pipeline_tests.ingest.harness import (
+    ScriptedFeed,
+    free_port,
+    running_service,
+    start_ingest,
+)
 
 SECRET, SSL_SECRET = "hunter2-query-secret", "ssl-key-secret-99"
 T0 = (time.time_ns() // 10**9 - 3600) * 10**9
@@ -63,31 +66,16 @@ def test_no_secret_on_status_health_last_error_or_log_lines(tmp_path, caplog):
 def test_no_secret_in_the_start_up_log_line_or_a_start_error(tmp_path):
     port = free_port()
     url = secret_urls(closed_port())[1]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "hft_pipeline.cli", "ingest", "--home", str(tmp_path / "h")]
-    proc = subprocess.Popen(
-        [*cmd, "--store", url, "--port", str(port), "--symbols", "PETR4"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            requests.get(f"http://127.0.0.1:{port}/test", timeout=1)
-            break
-        except requests.ConnectionError:
-            time.sleep(0.1)
+    home = tmp_path / "h"
+    proc = start_ingest(home, url, port, "--symbols", "PETR4", ready="/test")
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert "ingest running" in out and "store unavailable at start" in out, out
     assert_clean(out)
 
     bad = f"mysql://root:{SECRET}@db/hft?password={SSL_SECRET}"
-    failed = subprocess.run(
-        [*cmd, "--store", bad], env=env, capture_output=True, text=True, timeout=60
-    )
+    cmd = [sys.executable, "-m", "hft_pipeline.cli", "ingest", "--home", str(home)]
+    failed = subprocess.run([*cmd, "--store", bad], capture_output=True, text=True, timeout=60)
     assert failed.returncode == 2 and "HFT_STORE_URL" in failed.stderr
     assert_clean(failed.stdout + failed.stderr)
 

@@ -4,10 +4,8 @@ reachable (through a loopback proxy that is off at start)."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -16,7 +14,12 @@ import requests
 
 from hft_pipeline.market.ticks import TickBatch
 from hft_pipeline.settings import Settings
-from hft_pipeline_tests.ingest.harness import ScriptedFeed, free_port, running_service
+from hft_pipeline_tests.ingest.harness import (
+    ScriptedFeed,
+    free_port,
+    running_service,
+    start_ingest,
+)
 from hft_pipeline_tests.store.tcp_proxy import TcpProxy, proxied_dsn
 
 T0 = (time.time_ns() // 10**9 - 300) * 10**9
@@ -95,24 +98,8 @@ def test_starts_with_the_store_down_serves_memory_then_migrates_and_drains(pg_ds
 
 
 def _start(home, dsn: str, port: int) -> subprocess.Popen:
-    env = {**os.environ, "HFT_LOG_FSYNC": "interval", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "hft_pipeline.cli", "ingest", "--home", str(home)]
-    cmd += ["--store", dsn, "--port", str(port), "--seed", "11", "--rate", "3000"]
-    cmd += ["--symbols", "PETR4,VALE3"]
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"service exited (code {proc.returncode}):\n{proc.stdout.read()}")
-        try:
-            requests.get(f"http://127.0.0.1:{port}/test", timeout=1)
-            return proc
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("service did not come up")
+    args = ("--seed", "11", "--rate", "3000", "--symbols", "PETR4,VALE3")
+    return start_ingest(home, dsn, port, *args, ready="/test")  # healthy or not
 
 
 def _status(port: int) -> dict:

@@ -609,3 +609,21 @@ def test_from_settings_uses_the_configured_directory_and_policy(tmp_path: Path) 
         end = log.append(make_batch(np.random.default_rng(18), 3))
         assert log.durable_offset == end
     assert (tmp_path / "ticklog" / f"{0:020d}.log").stat().st_size == end
+
+
+def test_read_and_replay_stop_at_an_end_offset_seen_earlier(tmp_path):
+    """What a backlog count relies on while appends go on: nothing past `until` is read."""
+    rng = np.random.default_rng(5)
+    first = [make_batch(rng, 700, 700 * i) for i in range(3)]
+    later = make_batch(rng, 500, 2100)
+    with TickLog(tmp_path / "log") as log:
+        for b in first:
+            log.append(b)
+        until = log.end_offset
+        log.append(later)
+        got = [b for b, _ in log.replay(log.start_offset, max_ticks=100_000, until=until)]
+        assert sum(len(b) for b in got) == 2100
+        assert_same_ticks(concat_batches(got), concat_batches(first))
+        batch, nxt = log.read(log.start_offset, 100_000, until=until)
+        assert (len(batch), nxt) == (2100, until)
+        assert len(log.read(until, 100_000)[0]) == 500  # without until, the rest is there
